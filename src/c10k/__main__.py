@@ -1,0 +1,3 @@
+from c10k.cli import main
+
+raise SystemExit(main())
