@@ -1,14 +1,123 @@
-"""`c10k serve`: placeholder until its issue lands."""
+"""`c10k serve ARCH`: run one echo server until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import argparse
 
+from c10k.limits import raise_nofile
+from c10k.servers import ARCHITECTURES, ServerConfig, make_server
+from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
+
+EPILOG = """\
+Prints "listening on HOST:PORT" once it accepts connections. SIGTERM or SIGINT
+stops it gracefully: no new connections, the echo of everything already read
+is sent, each connection gets EOF, exit 0 within --shutdown-timeout.
+Exit status: 0 after a clean stop, 1 when it cannot listen (e.g. the port is in
+use), 2 for bad arguments.
+
+architectures:
+""" + "\n".join(f"  {name:9} {desc}" for name, (_, _, desc) in ARCHITECTURES.items())
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number, not {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range 0-65535")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, not {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = _positive(text) if text != "0" else 0
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, not {text}")
+    return value
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="(not yet implemented)")
+    p = sub.add_parser(
+        "serve",
+        help="run an echo server of one architecture",
+        description="Run an echo server built on one concurrency architecture.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("architecture", metavar="ARCH", choices=list(ARCHITECTURES),
+                   help="one of: " + ", ".join(ARCHITECTURES))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("-p", "--port", type=_port, default=7000, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--backlog", type=_positive, default=4096, help="listen backlog (default: %(default)s)")
+    p.add_argument("--max-connections", type=_count, default=0, metavar="M",
+                   help="close connections beyond M at once (default: no limit)")
+    p.add_argument("--idle-timeout", type=_seconds, default=0.0, metavar="S",
+                   help="close a connection with no traffic for S seconds (default: never)")
+    p.add_argument("--shutdown-timeout", type=_seconds, default=5.0, metavar="S",
+                   help="after SIGTERM, exit within S seconds (default: %(default)s)")
+    p.add_argument("--stats-file", metavar="FILE", help="write JSON statistics here at exit")
+    p.add_argument("--high-watermark", type=_positive, default=DEFAULT_HIGH_WATERMARK, metavar="BYTES",
+                   help="stop reading a connection owed this many bytes (default: %(default)s)")
+    p.add_argument("--low-watermark", type=_count, default=DEFAULT_LOW_WATERMARK, metavar="BYTES",
+                   help="read it again once owed no more than this (default: %(default)s)")
+    epoll = p.add_argument_group("epoll")
+    epoll.add_argument("--workers", type=_positive, default=None, metavar="N",
+                       help="worker event loops (default: the number of CPUs)")
+    epoll.add_argument("--max-workers", type=_positive, default=None, metavar="N",
+                       help="workers the acceptor may grow to when all near their descriptor limit (default: 64)")
+    epoll.add_argument("--worker-mode", choices=("process", "thread"), default="process",
+                       help="workers as processes (default) or threads, as in the original")
+    epoll.add_argument("--balance", choices=("handoff", "reuseport"), default="handoff",
+                       help="an acceptor hands sockets to the least-loaded worker (default), or "
+                            "each worker process accepts on its own SO_REUSEPORT listener")
+    threaded = p.add_argument_group("threaded")
+    threaded.add_argument("--stack-size", type=_count, default=0, metavar="BYTES",
+                          help="stack size of each connection thread (default: the platform's)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("c10k serve: not implemented yet")
+    if args.low_watermark > args.high_watermark:
+        args.parser_error = True
+        from c10k.errors import UsageError
+
+        raise UsageError("--low-watermark must not exceed --high-watermark")
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        backlog=args.backlog,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        stats_file=args.stats_file,
+        high_watermark=args.high_watermark,
+        low_watermark=args.low_watermark,
+        worker_mode=args.worker_mode,
+        balance=args.balance,
+        stack_size=args.stack_size,
+    )
+    if args.workers:
+        config.workers = args.workers
+    if args.max_workers:
+        config.max_workers = args.max_workers
+    raise_nofile()
+    make_server(args.architecture, config).serve()
+    return 0

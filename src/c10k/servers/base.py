@@ -1,0 +1,244 @@
+"""What every architecture shares: configuration, the listening socket,
+statistics, logging, and the shutdown signal.
+
+The contract (DESIGN.md): print ``listening on HOST:PORT`` once, flushed, when
+connections are accepted; on SIGTERM or SIGINT stop accepting and reading, send
+the echo of everything already read, shut the write side, drain until the
+client's EOF and exit 0 within ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from c10k.errors import C10kError
+from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
+
+__all__ = ["ServerConfig", "Stats", "Server", "open_listener", "ShutdownSignal", "log", "announce"]
+
+#: Reasons a connection is closed at once, as the stats file names them.
+REFUSAL_REASONS = ("fd_setsize", "thread_start", "descriptor_limit", "max_connections", "no_capacity")
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``c10k serve`` can be told; the defaults are the CLI's."""
+
+    host: str = "127.0.0.1"
+    port: int = 7000
+    backlog: int = 4096
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_workers: int = 0  # 0: as many as 100,000+ connections need (see epoll.py)
+    worker_mode: str = "process"
+    balance: str = "handoff"
+    max_connections: int = 0  # 0: no limit but the machine's
+    idle_timeout: float = 0.0  # 0: never
+    shutdown_timeout: float = 5.0
+    stats_file: str | None = None
+    high_watermark: int = DEFAULT_HIGH_WATERMARK
+    low_watermark: int = DEFAULT_LOW_WATERMARK
+    stack_size: int = 0  # threaded: 0 keeps the platform's default
+
+
+class Stats:
+    """Counters one server (or one worker) keeps; merged for the stats file."""
+
+    FIELDS = ("accepted", "closed", "bytes_echoed", "peak_concurrent", "closed_idle")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.closed = 0
+        self.bytes_echoed = 0
+        self.peak_concurrent = 0
+        self.closed_idle = 0
+        self.refused: Counter[str] = Counter()
+
+    @property
+    def current(self) -> int:
+        return self.accepted - self.closed
+
+    def as_row(self) -> list[int]:
+        """Flat numbers, for a shared-memory slot (see epoll.py)."""
+        return [getattr(self, f) for f in self.FIELDS] + [self.refused[r] for r in REFUSAL_REASONS]
+
+    @classmethod
+    def row_size(cls) -> int:
+        return len(cls.FIELDS) + len(REFUSAL_REASONS)
+
+    def add_row(self, row: list[int], sum_peaks: bool = True) -> None:
+        """Add another worker's published numbers to these."""
+        for name, value in zip(self.FIELDS, row):
+            if name == "peak_concurrent" and not sum_peaks:
+                continue
+            setattr(self, name, getattr(self, name) + value)
+        for reason, value in zip(REFUSAL_REASONS, row[len(self.FIELDS):]):
+            if value:
+                self.refused[reason] += value
+
+    def to_json(self, architecture: str, workers: dict[str, int] | None = None) -> dict[str, Any]:
+        return {
+            "architecture": architecture,
+            "accepted": self.accepted,
+            "refused": {k: v for k, v in self.refused.items() if v},
+            "peak_concurrent": self.peak_concurrent,
+            "bytes_echoed": self.bytes_echoed,
+            "closed_idle": self.closed_idle,
+            "workers": workers or {"started": 0, "died": 0},
+        }
+
+
+def log(message: str) -> None:
+    """One line on stderr, prefixed so it can be told from the load's output."""
+    print(f"c10k serve: {message}", file=sys.stderr, flush=True)
+
+
+def announce(sock: socket.socket) -> None:
+    """The one line the contract promises once connections are accepted."""
+    host, port = sock.getsockname()[:2]
+    print(f"listening on {host}:{port}", flush=True)
+
+
+def open_listener(config: ServerConfig, reuseport: bool = False, port: int | None = None) -> socket.socket:
+    """A non-blocking listening TCP socket, or a one-line C10kError saying why not."""
+    port = config.port if port is None else port
+    try:
+        infos = socket.getaddrinfo(config.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise C10kError(f"cannot resolve host {config.host!r}: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Accepted sockets inherit TCP_NODELAY from the listener on Linux, which
+        # saves one setsockopt per connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(addr)
+        # The kernel caps the backlog at net.core.somaxconn silently.
+        sock.listen(max(config.backlog, 1))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        where = f"{config.host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise C10kError(f"address {where} is already in use") from None
+        if exc.errno == errno.EACCES:
+            raise C10kError(f"permission denied to listen on {where}") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise C10kError(f"address {where} is not on this machine") from None
+        raise C10kError(f"cannot listen on {where}: {exc.strerror}") from None
+    return sock
+
+
+class ShutdownSignal:
+    """SIGTERM and SIGINT set a flag and wake the event loop through a socket.
+
+    ``signal.set_wakeup_fd`` writes the signal number to ``wake_fd``'s peer from
+    C, so a loop blocked in select/poll/epoll returns at once (the self-pipe
+    trick, as trio's wakeup socketpair does); the Python handler only sets the
+    flag. Install in the thread and process that runs the loop.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        self.wake_fd = self._rsock.fileno()
+        self._previous_wakeup = signal.set_wakeup_fd(self._wsock.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def drain(self) -> None:
+        """Empty the wake socket (call when ``wake_fd`` is readable)."""
+        try:
+            while self._rsock.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def request(self) -> None:
+        """Ask for shutdown from inside the process (tests, supervisors)."""
+        self.requested = True
+        try:
+            self._wsock.send(b"\0")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._rsock.close()
+        self._wsock.close()
+
+
+class Server:
+    """One architecture. Subclasses set ``name`` and implement ``serve``."""
+
+    name = ""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.workers_started = 0
+        self.workers_died = 0
+
+    def serve(self) -> None:
+        """Listen, announce, serve until a shutdown signal, then stop gracefully."""
+        raise NotImplementedError
+
+    def write_stats(self) -> None:
+        if not self.config.stats_file:
+            return
+        data = self.stats.to_json(self.name, {"started": self.workers_started, "died": self.workers_died})
+        tmp = f"{self.config.stats_file}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, self.config.stats_file)
+
+
+def deadline_after(seconds: float) -> float:
+    return time.monotonic() + seconds
+
+
+class RefusalLog:
+    """Logs refusals once per burst, not once per connection.
+
+    The first refusal of a burst is logged at once with its reason; when no
+    refusal has come for ``quiet_s`` seconds, ``tick`` logs how many the burst
+    held. A flood of 10,000 refused connections costs two log lines.
+    """
+
+    def __init__(self, quiet_s: float = 1.0) -> None:
+        self.quiet_s = quiet_s
+        self._bursts: dict[str, list[float]] = {}  # reason -> [count, last time]
+
+    def note(self, reason: str, explanation: str, now: float) -> None:
+        burst = self._bursts.get(reason)
+        if burst is None:
+            log(f"refusing connections: {explanation}")
+            self._bursts[reason] = [1, now]
+        else:
+            burst[0] += 1
+            burst[1] = now
+
+    def tick(self, now: float) -> None:
+        for reason, (count, last) in list(self._bursts.items()):
+            if now - last >= self.quiet_s:
+                log(f"{int(count)} connection(s) refused in this burst ({reason})")
+                del self._bursts[reason]
+
+    def flush(self) -> None:
+        self.tick(float("inf"))

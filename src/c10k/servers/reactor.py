@@ -1,0 +1,554 @@
+"""One thread's event loop over many connections: select, poll and epoll.
+
+A ``Reactor`` owns a poller and the connections registered with it. It may own
+a listening socket (select, poll, epoll with SO_REUSEPORT) or receive accepted
+sockets from an acceptor through an ``inbox`` (epoll hand-off, see epoll.py).
+
+Connections are bare descriptors: ``os.read`` and ``os.write`` on an int cost
+less than socket methods, and there is no socket object per connection to
+build when a descriptor arrives from another process.
+
+Edge-triggered epoll, the traps:
+- An edge is reported once. After EPOLLIN the loop must read until the socket
+  is drained, or the rest waits for the client's next write, which in a closed
+  loop never comes. "Drained" is EAGAIN, or a read shorter than asked for: for
+  a stream socket a short read means the receive queue was empty at that
+  instant (epoll(7)), and any later byte raises a new edge. That saves the
+  EAGAIN read the C reference makes. EPOLLRDHUP is the exception: with the
+  client's FIN queued we read on until read() returns b"".
+- When we stop reading early (backpressure, shutdown) the edge is spent, so
+  whoever lets reading resume must read at once instead of waiting for an event.
+- EPOLLOUT is armed only while an echo is pending; otherwise every send that
+  leaves room in the buffer would wake the loop.
+Level-triggered pollers (select, poll) read once per event and simply stop
+asking for POLLIN while a connection may not read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+
+from c10k.servers.base import RefusalLog, ServerConfig, ShutdownSignal, Stats, log
+from c10k.servers.echo import EchoBuffer
+
+__all__ = ["Reactor", "Poller", "EpollPoller", "PollPoller", "SelectPoller"]
+
+IN = select.POLLIN
+OUT = select.POLLOUT
+ERR = select.POLLERR | select.POLLHUP
+RDHUP = 0x2000  # POLLRDHUP == EPOLLRDHUP on Linux
+READ_EVENTS = IN | ERR | RDHUP
+READ_SIZE = 65536
+ACCEPT_BATCH = 256
+
+# Connection states.
+OPEN = 0  # echoing
+HALF_CLOSED = 1  # client sent EOF: flush what is owed, then close
+STOPPING = 2  # server stopping: flush what is owed, then shut the write side
+DRAINING = 3  # write side shut: discard what the client still sends until its EOF
+
+
+class Poller:
+    """The calls a Reactor needs; one subclass per system call (like selectors)."""
+
+    edge_triggered = False
+
+    def add_control(self, fd: int) -> None:
+        """Watch a listener, wake or inbox descriptor for reading, level-triggered."""
+        raise NotImplementedError
+
+    def add(self, fd: int) -> None:
+        """Watch a new connection for reading."""
+        raise NotImplementedError
+
+    def interest(self, fd: int, read: bool, write: bool) -> None:
+        raise NotImplementedError
+
+    def remove(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class EpollPoller(Poller):
+    edge_triggered = True
+    CONN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self.poll = self._poll  # type: ignore[method-assign]
+
+    def add_control(self, fd: int) -> None:
+        self._ep.register(fd, select.EPOLLIN)
+
+    def add(self, fd: int) -> None:
+        self._ep.register(fd, self.CONN)
+
+    def interest(self, fd: int, read: bool, write: bool) -> None:
+        # Edge-triggered: reading interest never changes, only EPOLLOUT does.
+        self._ep.modify(fd, self.CONN | select.EPOLLOUT if write else self.CONN)
+
+    def remove(self, fd: int) -> None:
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def _poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._ep.poll(timeout, 1024)
+
+    def close(self) -> None:
+        self._ep.close()
+
+
+class PollPoller(Poller):
+    def __init__(self) -> None:
+        self._p = select.poll()
+
+    def add_control(self, fd: int) -> None:
+        self._p.register(fd, IN)
+
+    def add(self, fd: int) -> None:
+        self._p.register(fd, IN)
+
+    def interest(self, fd: int, read: bool, write: bool) -> None:
+        self._p.modify(fd, (IN if read else 0) | (OUT if write else 0))
+
+    def remove(self, fd: int) -> None:
+        try:
+            self._p.unregister(fd)
+        except KeyError:
+            pass
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._p.poll(timeout * 1000)
+
+
+class SelectPoller(Poller):
+    """select(2) through the same calls. It cannot watch descriptors >= FD_SETSIZE."""
+
+    def __init__(self) -> None:
+        self._readers: set[int] = set()
+        self._writers: set[int] = set()
+
+    def add_control(self, fd: int) -> None:
+        self._readers.add(fd)
+
+    def add(self, fd: int) -> None:
+        self._readers.add(fd)
+
+    def interest(self, fd: int, read: bool, write: bool) -> None:
+        (self._readers.add if read else self._readers.discard)(fd)
+        (self._writers.add if write else self._writers.discard)(fd)
+
+    def remove(self, fd: int) -> None:
+        self._readers.discard(fd)
+        self._writers.discard(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        r, w, _ = select.select(self._readers, self._writers, [], timeout)
+        if not w:
+            return [(fd, IN) for fd in r]
+        events = dict.fromkeys(r, IN)
+        for fd in w:
+            events[fd] = events.get(fd, 0) | OUT
+        return list(events.items())
+
+
+class Conn:
+    __slots__ = ("fd", "out", "last", "state", "reading", "writing")
+
+    def __init__(self, fd: int, now: float) -> None:
+        self.fd = fd
+        self.out: EchoBuffer | None = None
+        self.last = now
+        self.state = OPEN
+        self.reading = True  # what the poller was last told
+        self.writing = False
+
+
+class Reactor:
+    """Echo every connection it is given until ``stop`` and then drain them.
+
+    Args:
+        poller: the system call to wait with.
+        config: watermarks, idle timeout, shutdown deadline, max connections.
+        stats: counters to update (shared with whoever reports them).
+        listener: a non-blocking listening socket to accept from, or None.
+        shutdown: the process's shutdown signal (a thread worker has none:
+            its acceptor stops it through the inbox).
+        inbox: (fd, receive) where ``receive()`` returns new descriptors to
+            serve, or None once the sender is gone.
+    """
+
+    def __init__(
+        self,
+        poller: Poller,
+        config: ServerConfig,
+        stats: Stats,
+        listener: socket.socket | None = None,
+        shutdown: ShutdownSignal | None = None,
+        inbox: tuple[int, Callable[[], list[int] | None]] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.poller = poller
+        self.config = config
+        self.stats = stats
+        self.listener = listener
+        self.shutdown = shutdown
+        wake_fd = shutdown.wake_fd if shutdown else None
+        self.inbox_fd, self.receive = inbox if inbox else (None, None)
+        self.on_change = on_change
+        self.conns: dict[int, Conn] = {}
+        self.now = time.monotonic()
+        self.stopping = False
+        self.refusals = RefusalLog()
+        self._reserve_fd: int | None = None
+        for fd in (listener.fileno() if listener else None, wake_fd, self.inbox_fd):
+            if fd is not None:
+                poller.add_control(fd)
+        if listener is not None:
+            # One spare descriptor, given up to accept-and-close when the
+            # process is out of descriptors (EMFILE): pending clients learn at
+            # once instead of hanging in the backlog, and the listener does not
+            # stay readable with nothing we can do, which would spin the loop.
+            self._reserve_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+
+    # -- admission ------------------------------------------------------------
+
+    def admit(self, fd: int) -> str | None:
+        """Why a new connection must be closed at once, or None to serve it."""
+        limit = self.config.max_connections
+        if limit and len(self.conns) >= limit:
+            return "max_connections"
+        return None
+
+    def explain(self, reason: str, fd: int) -> str:
+        if reason == "max_connections":
+            return f"--max-connections {self.config.max_connections} reached"
+        return reason
+
+    def add(self, fd: int) -> None:
+        """Serve an accepted, non-blocking descriptor."""
+        self.conns[fd] = Conn(fd, self.now)
+        self.poller.add(fd)
+        stats = self.stats
+        stats.accepted += 1
+        if len(self.conns) > stats.peak_concurrent:
+            stats.peak_concurrent = len(self.conns)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _addr = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._shed_one()
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                log(f"accept failed: {exc.strerror}")
+                return
+            fd = sock.detach()
+            reason = self.admit(fd)
+            if reason is not None:
+                os.close(fd)
+                self.stats.refused[reason] += 1
+                self.refusals.note(reason, self.explain(reason, fd), self.now)
+                continue
+            os.set_blocking(fd, False)
+            self.add(fd)
+
+    def _shed_one(self) -> None:
+        """Out of descriptors: accept the next client with the reserve and close it."""
+        if self._reserve_fd is None:
+            return
+        os.close(self._reserve_fd)
+        self._reserve_fd = None
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+            sock.close()
+            self.stats.refused["descriptor_limit"] += 1
+            self.refusals.note("descriptor_limit", "process descriptor limit (RLIMIT_NOFILE) reached", self.now)
+        except OSError:
+            pass
+        finally:
+            try:
+                self._reserve_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # a connection closes soon and frees one; try again then
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until asked to stop, then stop gracefully (see ``_begin_stop``)."""
+        conns = self.conns
+        poll = self.poller.poll
+        read = os.read
+        write = os.write
+        edge = self.poller.edge_triggered
+        stats = self.stats
+        idle = self.config.idle_timeout
+        deadline = float("inf")
+        next_tick = self.now + 1.0
+        while True:
+            timeout = min(next_tick, deadline) - self.now
+            events = poll(timeout if timeout > 0 else 0)
+            now = self.now = time.monotonic()
+            echoed = 0
+            for fd, ev in events:
+                conn = conns.get(fd)
+                if conn is None:
+                    self._control(fd)
+                    continue
+                if conn.out is None and conn.state == OPEN and ev & READ_EVENTS:
+                    # The hot path: read, write it all back, done.
+                    conn.last = now
+                    while True:
+                        try:
+                            data = read(fd, READ_SIZE)
+                        except BlockingIOError:
+                            break
+                        except OSError:
+                            self._close(conn)
+                            break
+                        if not data:
+                            self._client_eof(conn)
+                            break
+                        try:
+                            n = write(fd, data)
+                        except BlockingIOError:
+                            n = 0
+                        except OSError:
+                            self._close(conn)
+                            break
+                        echoed += n
+                        if n != len(data):
+                            self._owe(conn, data[n:])
+                            if fd in conns:
+                                self._read_more(conn)
+                            break
+                        if not edge or (len(data) < READ_SIZE and not ev & RDHUP):
+                            break
+                    continue
+                self._slow_event(conn, ev)
+            stats.bytes_echoed += echoed
+            if now >= next_tick:
+                next_tick = now + 1.0
+                if idle:
+                    self._close_idle(now - idle)
+                self.refusals.tick(now)
+                if self.on_change:
+                    self.on_change()
+            if self.stopping:
+                if not conns or now >= deadline:
+                    break
+            elif self.shutdown is not None and self.shutdown.requested:
+                self._begin_stop()
+                deadline = now + self.config.shutdown_timeout
+                if not conns:
+                    break
+        self._finish()
+
+    # -- slow paths -----------------------------------------------------------
+
+    def _control(self, fd: int) -> None:
+        if self.listener is not None and fd == self.listener.fileno():
+            if not self.stopping:
+                self._accept()
+        elif fd == self.inbox_fd:
+            assert self.receive is not None
+            fds = self.receive()
+            if fds is None:  # the acceptor is gone or says stop
+                self.poller.remove(fd)
+                self.inbox_fd = None
+                if not self.stopping:
+                    self._begin_stop()
+                return
+            for new in fds:
+                if self.stopping:
+                    os.close(new)
+                else:
+                    self.add(new)
+        elif self.shutdown is not None and fd == self.shutdown.wake_fd:
+            self.shutdown.drain()  # the loop reads shutdown.requested after the events
+
+    def _slow_event(self, conn: Conn, ev: int) -> None:
+        if ev & OUT:
+            if not self._flush(conn):
+                return
+        if ev & READ_EVENTS:
+            conn.last = self.now
+            self._read_more(conn)
+
+    def _read_more(self, conn: Conn) -> None:
+        """Read what the state allows: echo it (OPEN) or discard it (DRAINING)."""
+        fd = conn.fd
+        while True:
+            if conn.state == OPEN:
+                if conn.out is not None and conn.out.paused:
+                    return
+            elif conn.state != DRAINING:
+                return  # STOPPING or HALF_CLOSED: read nothing more
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._close(conn)
+                return
+            if not data:
+                self._client_eof(conn)
+                return
+            if conn.state == OPEN:
+                self._owe(conn, data)
+                if conn.fd not in self.conns:
+                    return
+            if not self.poller.edge_triggered:
+                return
+
+    def _owe(self, conn: Conn, data: bytes) -> None:
+        """Queue bytes the socket did not take and try to send them.
+
+        The caller goes on reading (or not) by itself, so no resume here.
+        """
+        if conn.out is None:
+            conn.out = EchoBuffer(self.config.high_watermark, self.config.low_watermark)
+        conn.out.push(data)
+        self._flush(conn, resume=False)
+
+    def _flush(self, conn: Conn, resume: bool = True) -> bool:
+        """Write what is owed; False if the connection was closed.
+
+        With ``resume``, a connection that may read again after being paused
+        reads at once: under edge triggering the edge that brought its unread
+        bytes is spent.
+        """
+        out = conn.out
+        if out is not None:
+            was_paused = out.paused
+            try:
+                n = os.write(conn.fd, out.pending())
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self._close(conn)
+                return False
+            if n:
+                out.consume(n)
+                self.stats.bytes_echoed += n
+                conn.last = self.now
+            if not len(out):
+                conn.out = None  # idle connections keep no buffer
+            if conn.state == OPEN:
+                self._interest(conn)
+                if resume and was_paused and self.poller.edge_triggered and (conn.out is None or not out.paused):
+                    self._read_more(conn)
+                    return conn.fd in self.conns
+                return True
+            if conn.out is not None:
+                self._interest(conn)
+                return True
+        if conn.state == HALF_CLOSED:
+            self._close(conn)
+            return False
+        if conn.state == STOPPING:
+            self._shut_write(conn)
+            return conn.fd in self.conns
+        self._interest(conn)
+        return True
+
+    def _interest(self, conn: Conn) -> None:
+        out = conn.out
+        write = out is not None and len(out) > 0
+        if conn.state == OPEN:
+            read = out is None or not out.paused
+        else:
+            read = conn.state == DRAINING
+        if read != conn.reading or write != conn.writing:
+            conn.reading, conn.writing = read, write
+            self.poller.interest(conn.fd, read, write)
+
+    def _client_eof(self, conn: Conn) -> None:
+        if conn.state in (OPEN, STOPPING) and conn.out is not None and len(conn.out):
+            conn.state = HALF_CLOSED  # every byte back first, then EOF
+            self._interest(conn)
+        else:
+            self._close(conn)
+
+    def _shut_write(self, conn: Conn) -> None:
+        """Everything owed is sent: send EOF, then discard until the client's EOF.
+
+        Closing instead would make the kernel answer the client's next bytes
+        with a reset, and a reset destroys echoes still unread on its side.
+        """
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
+            s.shutdown(socket.SHUT_WR)
+            s.detach()
+        except OSError:
+            self._close(conn)
+            return
+        conn.state = DRAINING
+        self._interest(conn)
+        self._read_more(conn)
+
+    def _close(self, conn: Conn) -> None:
+        if self.conns.pop(conn.fd, None) is None:
+            return
+        self.poller.remove(conn.fd)
+        try:
+            os.close(conn.fd)
+        except OSError:
+            pass
+        self.stats.closed += 1
+        if self.on_change and (self.stats.closed & 63 == 0 or self.stopping):
+            self.on_change()
+
+    def _close_idle(self, cutoff: float) -> None:
+        for conn in [c for c in self.conns.values() if c.last < cutoff]:
+            self._close(conn)
+            self.stats.closed_idle += 1
+
+    def _begin_stop(self) -> None:
+        """Stop accepting and reading; owed echoes go out, then EOF, then drain."""
+        self.stopping = True
+        if self.listener is not None:
+            self.poller.remove(self.listener.fileno())
+            # Closing the listener makes new connects fail at once (RST)
+            # instead of waiting in a backlog nobody will accept from.
+            self.listener.close()
+            self.listener = None
+        for conn in list(self.conns.values()):
+            if conn.state == OPEN:
+                conn.state = STOPPING
+                if conn.out is None or not len(conn.out):
+                    self._shut_write(conn)
+                else:
+                    self._interest(conn)
+
+    def _finish(self) -> None:
+        for conn in list(self.conns.values()):
+            self._close(conn)
+        self.refusals.flush()
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+        if self.listener is not None:
+            self.listener.close()
+        if self.on_change:
+            self.on_change()
+        self.poller.close()
