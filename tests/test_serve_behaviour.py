@@ -1,0 +1,132 @@
+"""One behaviour suite, run against every server configuration (cf. CPython's test_selectors).
+
+Each test talks to `c10k serve` through sockets only; the parameter is a key of
+``helpers.SERVER_CONFIGS``.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from helpers import (
+    CONFIG_IDS,
+    SERVER_CONFIGS,
+    Conversation,
+    assert_echoes,
+    connect,
+    connect_many,
+    drive,
+    read_until_closed,
+    wait_until,
+)
+
+pytestmark = pytest.mark.parametrize("config", CONFIG_IDS)
+
+MiB = 1 << 20
+
+
+def test_random_chunks_many_connections(serve, config, rng):
+    """Random binary data in random chunk sizes over 50 concurrent connections comes back byte-exact."""
+    server = serve.config(config)
+    socks = connect_many(server.address, 50)
+    convs = []
+    for s in socks:
+        data = rng.randbytes(rng.randint(1, 200_000))
+        max_chunk = rng.choice([1, 7, 100, 1460, 4096, 65536, 200_000])
+        if max_chunk == 1:
+            data = data[:2000]  # byte-by-byte sends are slow in Python; keep them short
+        chunks = []
+        i = 0
+        while i < len(data):
+            k = rng.randint(1, max_chunk)
+            chunks.append(data[i : i + k])
+            i += k
+        convs.append(Conversation(s, chunks))
+    try:
+        drive(convs, timeout=90)
+        assert_echoes(convs)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_one_mebibyte_messages(serve, config, rng):
+    """1 MiB messages, written while the echo is read concurrently (so backpressure cannot deadlock)."""
+    server = serve.config(config)
+    socks = connect_many(server.address, 4)
+    convs = [Conversation(s, [rng.randbytes(MiB), rng.randbytes(MiB)]) for s in socks]
+    try:
+        drive(convs, timeout=90)
+        assert_echoes(convs)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_one_byte_writes(serve, config, rng):
+    """1-byte writes: streamed on 5 connections, and ping-pong (each byte waits for its echo)."""
+    server = serve.config(config)
+    socks = connect_many(server.address, 5)
+    convs = [Conversation(s, [bytes([b]) for b in rng.randbytes(1000)]) for s in socks]
+    try:
+        drive(convs, timeout=60)
+        assert_echoes(convs)
+    finally:
+        for s in socks:
+            s.close()
+    with connect(server.address) as s:
+        for b in rng.randbytes(200):
+            s.sendall(bytes([b]))
+            assert s.recv(16) == bytes([b])
+
+
+def test_half_close(serve, config, rng):
+    """shutdown(SHUT_WR) -> every byte comes back, then EOF (also for 0 bytes and beyond the watermark)."""
+    server = serve.config(config)
+    sizes = [0, 1, 100, 65536, 300_000, 1_000_000]
+    socks = connect_many(server.address, len(sizes))
+    convs = [Conversation(s, [rng.randbytes(n)] if n else [], half_close=True)
+             for s, n in zip(socks, sizes, strict=True)]
+    try:
+        drive(convs, timeout=90)
+        assert_echoes(convs)
+        assert all(c.eof for c in convs)
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_exit_zero_and_stats(serve, config, rng, sig):
+    """SIGTERM/SIGINT: an open idle client gets EOF, the server exits 0, and its stats file is right."""
+    server = serve.config(config, "--shutdown-timeout", "10")
+    rest = server.socket_count()  # listeners and hand-off channels, before any client
+    socks = connect_many(server.address, 8)
+    convs = [Conversation(s, [rng.randbytes(rng.randint(1, 50_000))]) for s in socks]
+    drive(convs, timeout=60)
+    assert_echoes(convs)
+    for s in socks[1:]:
+        s.close()
+    wait_until(lambda: server.socket_count() <= rest + 1, 20, what="server to close the finished connections")
+    idle = socks[0]  # still open and idle when the signal arrives
+    server.send(sig)
+    data, how = read_until_closed(idle, timeout=15)
+    assert (data, how) == (b"", "eof"), "an idle connection must be ended with EOF (write side shut)"
+    idle.close()
+    assert server.wait(15) == 0, server.stderr()
+    with pytest.raises(ConnectionRefusedError):
+        connect(server.address, timeout=5).close()
+
+    stats = server.stats()
+    assert SERVER_CONFIGS[config][0] in stats["architecture"]
+    assert stats["accepted"] == len(socks)
+    assert stats["bytes_echoed"] == sum(c.expected_len for c in convs)
+    assert len(socks) <= stats["peak_concurrent"] <= stats["accepted"]
+    assert stats["refused"] == {}, "refused lists only non-zero reasons; nothing was refused"
+    assert stats["closed_idle"] == 0
+    assert stats["workers"]["died"] == 0
+    assert isinstance(stats["workers"]["started"], int)
+    assert "Traceback" not in server.stderr()
+
