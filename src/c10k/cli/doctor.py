@@ -1,14 +1,98 @@
-"""`c10k doctor`: placeholder until its issue lands."""
+"""`c10k doctor`: the limits that decide how far each architecture can go here."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
+
+from c10k.errors import UsageError
+
+_EPILOG = """\
+Reads the machine's limits (descriptors, FD_SETSIZE, threads, ephemeral ports,
+listen backlog, memory) and says what CONNECTIONS concurrent loopback
+connections need: server and load processes, source addresses, kernel memory,
+and which architectures can hold them here and why the others cannot.
+Nothing is changed.
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="(not yet implemented)")
+    p = sub.add_parser("doctor", help="show this machine's limits and what N connections need",
+                       description="Show this machine's limits and what N connections need.",
+                       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--connections", type=int, default=100000, metavar="N",
+                   help="concurrent connections to plan for (default: 100000, the original's largest case)")
+    p.add_argument("--json", action="store_true", help="print the facts and the plan as JSON")
     p.set_defaults(run=run)
 
 
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("c10k doctor: not implemented yet")
+    from rich.console import Console
+    from rich.table import Table
+
+    from c10k.study.capacity import KERNEL_BYTES_PER_SOCKET, machine_limits, plan_capacity
+
+    if args.connections < 1:
+        raise UsageError("-c/--connections must be at least 1")
+    lim = machine_limits()
+    cap = plan_capacity(args.connections, lim)
+    if args.json:
+        data = dataclasses.asdict(cap)
+        json.dump(data, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+
+    console = Console(highlight=False)
+    threads, thread_why = lim.thread_limit()
+    facts = Table(title="Limits on this machine", title_justify="left", show_lines=False)
+    facts.add_column("Limit")
+    facts.add_column("Value", justify="right")
+    facts.add_column("What it decides")
+    facts.add_row("RLIMIT_NOFILE (soft/hard)", f"{lim.nofile_soft:,} / {lim.nofile_hard:,}",
+                  "descriptors per process: caps every single-process server")
+    facts.add_row("FD_SETSIZE", str(lim.fd_setsize), "select() cannot watch a descriptor >= this")
+    facts.add_row("threads per process", f"{threads:,}", f"threaded server; tightest: {thread_why}")
+    facts.add_row("  kernel.threads-max / pid_max", f"{lim.threads_max:,} / {lim.pid_max:,}",
+                  "every thread takes a pid")
+    facts.add_row("  vm.max_map_count", f"{lim.max_map_count:,}", "a thread stack and its guard are 2 maps")
+    facts.add_row("  RLIMIT_NPROC", f"{lim.nproc:,}" if lim.nproc else "unlimited", "threads of this user")
+    facts.add_row("  thread stack (RLIMIT_STACK)", f"{lim.stack_bytes / 2**20:.0f} MiB",
+                  "virtual per thread; only touched pages cost memory")
+    facts.add_row("ephemeral ports", f"{lim.ephemeral_ports:,} ({lim.ephemeral_range[0]}–"
+                  f"{lim.ephemeral_range[1]})", "connections per source address to one server address")
+    facts.add_row("net.core.somaxconn", f"{lim.somaxconn:,}", "caps every listen backlog")
+    facts.add_row("tcp_max_syn_backlog", f"{lim.syn_backlog:,}", "half-open connections waiting")
+    facts.add_row("memory (available/total)", f"{_gib(lim.memory_available)} / {_gib(lim.memory_total)}",
+                  f"~{KERNEL_BYTES_PER_SOCKET // 1024} KB kernel per loopback socket")
+    facts.add_row("CPUs", str(lim.cpus), "worker processes worth running")
+    console.print(facts)
+
+    n = args.connections
+    console.print()
+    console.print(f"[bold]{n:,} connections need[/bold]")
+    console.print(f"  server: {cap.server_processes} process(es) of at most {cap.fds_per_process:,} "
+                  "connections each (single-process architectures stop there)")
+    console.print(f"  load:   {cap.load_processes} process(es) and {cap.source_addresses} source address(es) "
+                  f"(127.0.0.1, 127.0.0.2, ...; {lim.ephemeral_ports:,} ports each)")
+    console.print(f"  kernel memory: ~{_gib(cap.kernel_bytes)} ({n:,} × 2 ends × "
+                  f"{KERNEL_BYTES_PER_SOCKET // 1024} KB), {'fits' if cap.memory_ok else 'does NOT fit'} "
+                  f"in {_gib(lim.memory_available)} available")
+    console.print()
+    table = Table(title=f"Who can hold {n:,} connections here", title_justify="left")
+    table.add_column("Server")
+    table.add_column("Most here", justify="right")
+    table.add_column("Holds it?")
+    table.add_column("Why")
+    for a in cap.architectures:
+        verdict = "[green]yes[/green]" if a.can_hold else "[red]no[/red]"
+        table.add_row(a.server, f"{a.max_connections:,}", verdict, a.why)
+    console.print(table)
+    for w in cap.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    return 0

@@ -1,14 +1,161 @@
-"""`c10k study`: placeholder until its issue lands."""
+"""`c10k study`: run the original study's test cases (and more), explain, report."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from c10k.errors import UsageError
+
+# The library (and matplotlib) is imported in run(): every `c10k serve` builds
+# this parser too, and should not pay for it.
+
+_EPILOG = """\
+matrices:
+  seed    the original's 12 cases (select 1, 1000, 2000; threaded 1, 10000, 30000,
+          35000; epoll 1, 10000, 40000, 45000, 100000), then poll, epoll-reuseport,
+          epoll-threads, asyncio and uvloop at 1, 1000, 2000, 10000, 30000, 35000,
+          40000, 45000 and 100000 connections; 100 messages of "Gary's spamming" each
+  quick   every architecture at up to 2000 connections, in a few minutes
+  FILE    a TOML file:
+            name = "my matrix"            # optional
+            messages = 100                # optional default
+            message = "Gary's spamming"   # optional default
+            [[case]]
+            server = "epoll"              # or a list of servers
+            connections = [1, 1000]       # or one number
+            messages = 50                 # optional
+            timeout = 300                 # optional, seconds
+
+servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio, uvloop
+
+Writes OUT/REPORT.md, OUT/report.html, OUT/results.json, charts OUT/*.png and each
+case's OUT/<server>/<connections>/connections.csv. A failing case is a result:
+the study exits 0 when it ran.
+
+--find-limit SERVER doubles the connection count from --start until the server
+fails (or --max is reached), then bisects down to --step, and reports the
+largest count that passed and why the next failed.
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="(not yet implemented)")
+    p = sub.add_parser("study", help="run the study's test cases and write the report",
+                       description="Run echo servers under growing connection counts, decide why each "
+                                   "case passed or failed, and write a report with tables and charts.",
+                       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--matrix", default="seed", metavar="seed|quick|FILE",
+                   help="which cases to run (default: seed)")
+    p.add_argument("--servers", metavar="NAME[,NAME...]",
+                   help="run only these servers' cases (comma-separated)")
+    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+                   help="where the report goes (default: results/)")
+    p.add_argument("--messages", type=int, metavar="N",
+                   help="messages per connection, overriding the matrix's")
+    p.add_argument("--list", action="store_true", help="print the cases and exit")
+    g = p.add_argument_group("escalation")
+    g.add_argument("--find-limit", metavar="SERVER",
+                   help="raise the connection count until SERVER fails (instead of a matrix)")
+    g.add_argument("--start", type=int, default=1000, metavar="N", help="first count (default: 1000)")
+    g.add_argument("--max", type=int, default=100000, metavar="N", dest="max_connections",
+                   help="largest count to try (default: 100000)")
+    g.add_argument("--step", type=int, default=1000, metavar="N",
+                   help="stop bisecting when pass and fail are this close (default: 1000)")
     p.set_defaults(run=run)
 
 
+class _Progress:
+    """Rich progress on a terminal; one plain line per case otherwise."""
+
+    def __init__(self, total: int, title: str) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=False, highlight=False)
+        self.live = sys.stdout.isatty()
+        self.total = total
+        self.done = 0
+        self._progress: Any = None
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
+            self._task = self._progress.add_task(title, total=total or None)
+            self._progress.start()
+
+    def __call__(self, case: Any, result: Any) -> None:
+        if result is None:
+            text = f"case {case.number}: {case.server} × {case.connections:,} connections"
+            if self._progress is not None:
+                self._progress.update(self._task, description=text)
+            return
+        self.done += 1
+        mark = "[green]passed[/green]" if result.passed else "[red]failed[/red]"
+        line = f"{case.number:>3} {case.server:<16}{case.connections:>8,}  {mark}  ({result.duration_s:.1f} s)"
+        if not result.passed:
+            line += f": {result.reason}"
+        if self._progress is not None:
+            self._progress.console.print(line)
+            if self.total:
+                self._progress.advance(self._task)
+        else:
+            self.console.print(line, soft_wrap=True)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{name} must be at least 1")
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("c10k study: not implemented yet")
+    from dataclasses import replace
+
+    from c10k.study import SERVERS, filter_servers, find_limit, load_matrix, run_study, write_report
+
+    for name, value in (("--messages", args.messages), ("--start", args.start),
+                        ("--max", args.max_connections), ("--step", args.step)):
+        _positive(name, value)
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+
+    if args.find_limit:
+        if args.find_limit not in SERVERS:
+            raise UsageError(f"--find-limit: unknown server {args.find_limit!r} (known: {', '.join(SERVERS)})")
+        if args.start > args.max_connections:
+            raise UsageError("--start must not exceed --max")
+        progress = _Progress(0, f"find-limit {args.find_limit}")
+        try:
+            study = find_limit(args.find_limit, out, start=args.start, max_connections=args.max_connections,
+                               step=args.step, messages=args.messages or 100, progress=progress)
+        finally:
+            progress.close()
+    else:
+        matrix = load_matrix(args.matrix)
+        if args.servers:
+            matrix = filter_servers(matrix, [s.strip() for s in args.servers.split(",") if s.strip()])
+        if args.messages:
+            matrix = replace(matrix, cases=tuple(replace(c, messages=args.messages) for c in matrix.cases))
+        if args.list:
+            for c in matrix.cases:
+                print(f"{c.number:>3}  {c.server:<16}{c.connections:>8,} connections × {c.messages} messages")
+            return 0
+        progress = _Progress(len(matrix.cases), f"study {matrix.name}")
+        try:
+            study = run_study(matrix, out, progress=progress)
+        finally:
+            progress.close()
+    paths = write_report(study, out)
+    for note in study.notes:
+        print(note)
+    passed = sum(r.passed for r in study.results)
+    print(f"{len(study.results)} cases: {passed} passed, {len(study.results) - passed} failed "
+          f"in {study.duration_s:.0f} s; report: {paths[1]} and {paths[2]}")
+    return 0

@@ -1,0 +1,402 @@
+"""Run study cases: server subprocess, sampler, load, verdict.
+
+Each case runs in ``OUT/<server>/<connections>/``:
+
+1. start ``c10k serve`` on port 0 and wait for its ``listening on HOST:PORT`` line;
+2. sample its process tree (``sampler.ProcessTreeSampler``) while
+3. ``c10k load`` runs against it, writing summary.json and connections.csv there;
+4. stop the server with SIGTERM (SIGKILL to its process group if it lingers);
+5. ``verdict.decide`` turns the evidence into passed, or failed and why.
+
+The two command lines are built in ``Commands`` and nowhere else, so an option
+that changes name is a one-line fix, and tests can swap in a stand-in server.
+Nothing here raises because a case failed: a failure is a result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from c10k import limits
+from c10k.study.cases import SERVERS, Case, Matrix
+from c10k.study.sampler import ProcessTreeSampler, Usage
+from c10k.study.verdict import Evidence, decide
+
+__all__ = [
+    "Commands",
+    "CaseResult",
+    "StudyResult",
+    "run_case",
+    "run_study",
+    "find_limit",
+    "machine_facts",
+]
+
+_LISTENING = re.compile(r"^listening on (?P<host>.+):(?P<port>\d+)\s*$")
+_START_TIMEOUT_S = 30.0
+_STOP_GRACE_S = 15.0
+
+
+@dataclass
+class Commands:
+    """How to start a server and the load for a case.
+
+    Attributes:
+        python: the interpreter that runs ``-m c10k``.
+        host: the address the server listens on and the load connects to.
+        shutdown_timeout_s: passed to the server as --shutdown-timeout.
+    """
+
+    python: str = sys.executable
+    host: str = "127.0.0.1"
+    shutdown_timeout_s: float = 5.0
+
+    def workers(self, case: Case) -> int | None:
+        """Worker processes for the process-based epoll servers.
+
+        Each process may hold at most RLIMIT_NOFILE descriptors, so 100,000
+        connections need at least six of them; never fewer than the cores.
+        """
+        if case.server not in ("epoll", "epoll-reuseport"):
+            return None
+        per_process = max(1000, limits.nofile_limits()[1] * 9 // 10)
+        return max(os.cpu_count() or 2, math.ceil(case.connections / per_process))
+
+    def server(self, case: Case, stats_file: Path) -> list[str]:
+        arch, extra = SERVERS[case.server]
+        cmd = [self.python, "-m", "c10k", "serve", arch, "--host", self.host, "-p", "0",
+               "--stats-file", str(stats_file), "--shutdown-timeout", str(self.shutdown_timeout_s)]
+        workers = self.workers(case)
+        if workers is not None:
+            cmd += ["--workers", str(workers)]
+        return cmd + list(extra)
+
+    def load(self, case: Case, host: str, port: int, out: Path) -> list[str]:
+        return [self.python, "-m", "c10k", "load", "--host", host, "-p", str(port),
+                "-c", str(case.connections), "-n", str(case.messages), "-m", case.message,
+                "--out", str(out), "--quiet"]
+
+    def timeout_s(self, case: Case) -> float:
+        """Seconds a case may take before the runner stops its load."""
+        if case.timeout_s is not None:
+            return case.timeout_s
+        # Generous: ~4000 messages/s and ~1000 connects/s at worst, plus start-up.
+        return 60.0 + case.connections * case.messages / 4000.0 + case.connections / 1000.0
+
+
+@dataclass
+class CaseResult:
+    """A case's outcome and the evidence behind it."""
+
+    case: Case
+    status: str
+    reason: str
+    directory: str
+    summary: dict[str, Any] | None = None
+    usage: Usage = field(default_factory=Usage)
+    stats: dict[str, Any] | None = None
+    server_exit: int | None = None
+    load_status: int | None = None
+    duration_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.case
+        usage = self.usage.to_json()
+        return {
+            "case": c.number,
+            "server": c.server,
+            "connections": c.connections,
+            "messages": c.messages,
+            "message": c.message,
+            "scenario": c.scenario,
+            "original": c.original,
+            "status": self.status,
+            "reason": self.reason,
+            "directory": self.directory,
+            "summary": self.summary,
+            "server_usage": usage,
+            "server_stats": self.stats,
+            "server_exit": self.server_exit,
+            "load_status": self.load_status,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+@dataclass
+class StudyResult:
+    """All cases of a run, plus the machine they ran on."""
+
+    matrix: str
+    results: list[CaseResult]
+    machine: dict[str, Any]
+    started_at: str
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "matrix": self.matrix,
+            "started_at": self.started_at,
+            "duration_s": round(self.duration_s, 3),
+            "machine": self.machine,
+            "notes": self.notes,
+            "cases": [r.to_json() for r in self.results],
+        }
+
+
+def machine_facts() -> dict[str, Any]:
+    """The machine and the limits that shape the results."""
+    soft, hard = limits.nofile_limits()
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "rlimit_nofile": [soft, hard],
+        "fd_setsize": limits.FD_SETSIZE,
+        "somaxconn": limits.somaxconn(),
+        "ephemeral_port_range": list(limits.ephemeral_port_range()),
+        "threads_max": limits.threads_max(),
+        "pid_max": limits.pid_max(),
+    }
+
+
+def _tail(path: Path, lines: int = 40) -> list[str]:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            return f.read().decode(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _pump_lines(stream: Any, lines: queue.Queue[str | None]) -> None:
+    # Reads the server's stdout to its end so the pipe never fills up.
+    for raw in stream:
+        lines.put(raw.decode(errors="replace"))
+    lines.put(None)
+
+
+def _wait_listening(lines: queue.Queue[str | None], timeout_s: float) -> tuple[str, int] | None:
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            return None
+        if line is None:
+            return None
+        m = _LISTENING.match(line.strip())
+        if m:
+            return m["host"].strip("[]"), int(m["port"])
+    return None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    # Each child leads its own process group (start_new_session), so this
+    # reaches an epoll server's workers too, and nothing of ours.
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _kill_leftovers(procs: Sequence[psutil.Process]) -> None:
+    # Workers that outlived their parent; psutil checks each is still the same process.
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> CaseResult:
+    """Run one case in ``out_dir/<server>/<connections>/`` and decide its verdict."""
+    commands = commands or Commands()
+    case_dir = out_dir / case.server / str(case.connections)
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    case_dir.mkdir(parents=True)
+    rel = str(case_dir.relative_to(out_dir))
+    stats_file = case_dir / "server-stats.json"
+    server_log = case_dir / "server.log"
+    load_log = case_dir / "load.log"
+    t0 = time.monotonic()
+    ev = Evidence(connections=case.connections, nofile=limits.nofile_limits()[1])
+    usage = Usage()
+    server: subprocess.Popen[bytes] | None = None
+    load: subprocess.Popen[bytes] | None = None
+    sampler: ProcessTreeSampler | None = None
+    try:
+        with server_log.open("wb") as err:
+            server = subprocess.Popen(commands.server(case, stats_file), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_pump_lines, args=(server.stdout, lines), daemon=True).start()
+        address = _wait_listening(lines, _START_TIMEOUT_S)
+        if address is None:
+            ev.started = False
+            ev.exit_status = server.poll()
+        else:
+            host, port = address
+            sampler = ProcessTreeSampler(server.pid)
+            sampler.start()
+            ev.load_timeout_s = commands.timeout_s(case)
+            with load_log.open("wb") as log:
+                load = subprocess.Popen(commands.load(case, host, port, case_dir), stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                ev.load_status = load.wait(timeout=ev.load_timeout_s)
+            except subprocess.TimeoutExpired:
+                ev.load_timed_out = True
+                _kill_group(load)
+                ev.load_status = None
+            usage = sampler.stop()
+            ev.exited_early = server.poll() is not None
+            if not ev.exited_early:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=commands.shutdown_timeout_s + _STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    ev.killed = True
+            ev.exit_status = server.returncode
+    finally:
+        if load is not None:
+            _kill_group(load)
+        if server is not None:
+            _kill_group(server)
+            if ev.started and not ev.killed and ev.exit_status is None:
+                ev.exit_status = server.returncode
+        if sampler is not None:
+            _kill_leftovers(sampler.known_processes())
+    ev.stderr_tail = _tail(server_log)
+    ev.load_stderr_tail = _tail(load_log)
+    ev.stats = _read_json(stats_file)
+    ev.summary = _read_json(case_dir / "summary.json")
+    ev.usage = usage.to_json()
+    status, reason = decide(ev)
+    return CaseResult(case, status, reason, rel, ev.summary, usage, ev.stats,
+                      ev.exit_status, ev.load_status, time.monotonic() - t0)
+
+
+#: Called before a case (result None) and after it (with its result).
+ProgressCallback = Callable[[Case, "CaseResult | None"], None]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_study(matrix: Matrix, out_dir: Path, commands: Commands | None = None,
+              progress: ProgressCallback | None = None) -> StudyResult:
+    """Run every case of ``matrix`` in order; a failing case does not stop the study."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = StudyResult(matrix.name, [], machine_facts(), _now())
+    t0 = time.monotonic()
+    for case in matrix.cases:
+        if progress:
+            progress(case, None)
+        result = run_case(case, out_dir, commands)
+        study.results.append(result)
+        if progress:
+            progress(case, result)
+    study.duration_s = time.monotonic() - t0
+    return study
+
+
+def find_limit(server: str, out_dir: Path, *, start: int = 1000, max_connections: int = 100000,
+               step: int = 1000, messages: int = 100, commands: Commands | None = None,
+               progress: ProgressCallback | None = None) -> StudyResult:
+    """Raise the connection count until ``server`` fails, then narrow the edge.
+
+    Doubles from ``start`` up to ``max_connections``; after the first failure,
+    bisects between the last count that passed and the first that failed until
+    they are at most ``step`` apart. At most about log2(max/start) + log2(max/step)
+    cases run. The result's notes say the largest count that passed and why
+    the next one failed.
+    """
+    if server not in SERVERS:
+        raise ValueError(f"unknown server {server!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = StudyResult(f"find-limit {server}", [], machine_facts(), _now())
+    t0 = time.monotonic()
+    template = Case(0, server, start, messages=messages)
+
+    def probe(n: int) -> CaseResult:
+        case = replace(template, number=len(study.results) + 1, connections=n)
+        if progress:
+            progress(case, None)
+        result = run_case(case, out_dir, commands)
+        study.results.append(result)
+        if progress:
+            progress(case, result)
+        return result
+
+    best: CaseResult | None = None
+    first_fail: CaseResult | None = None
+    n = max(1, min(start, max_connections))
+    while True:
+        r = probe(n)
+        if not r.passed:
+            first_fail = r
+            break
+        best = r
+        if n >= max_connections:
+            break
+        n = min(n * 2, max_connections)
+    if first_fail is not None and best is not None:
+        lo, hi = best.case.connections, first_fail.case.connections
+        while hi - lo > step:
+            mid = (lo + hi) // 2
+            r = probe(mid)
+            if r.passed:
+                best, lo = r, mid
+            else:
+                first_fail, hi = r, mid
+    if best is None and first_fail is not None:
+        study.notes.append(f"{server} failed already at {first_fail.case.connections} connections: "
+                           f"{first_fail.reason}")
+    elif first_fail is None and best is not None:
+        study.notes.append(f"{server} passed every count up to the maximum asked for, "
+                           f"{best.case.connections} connections")
+    elif best is not None and first_fail is not None:
+        study.notes.append(f"{server} passed at {best.case.connections} connections and failed at "
+                           f"{first_fail.case.connections}: {first_fail.reason}")
+    study.duration_s = time.monotonic() - t0
+    return study

@@ -1,0 +1,218 @@
+"""Decide a case's verdict, and say why in plain words, from its evidence.
+
+Pure logic, no I/O: the runner gathers ``Evidence`` (the server's stats file,
+its exit status and stderr, the load summary, the sampler's figures) and
+``decide`` turns it into ("passed" | "failed", reason). The server-side cause
+comes first in a reason (it is why the case failed); what the client saw
+follows in parentheses.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from c10k.limits import FD_SETSIZE
+
+__all__ = ["Evidence", "decide", "PASSED_RESULT"]
+
+PASSED_RESULT = "No errors observed on either side, log file generated successfully"
+
+# Close to the limit counts as reaching it: a process also holds its listener,
+# an epoll descriptor, pipes and the interpreter's own files.
+_FD_HEADROOM = 64
+
+_STDERR_CAUSES: tuple[tuple[str, str], ...] = (
+    ("can't start new thread", "threads could not start"),
+    ("filedescriptor out of range in select", f"select() cannot watch descriptors >= FD_SETSIZE ({FD_SETSIZE})"),
+    ("too many open files", "process descriptor limit ({nofile}) reached"),
+    ("memoryerror", "the server ran out of memory"),
+    ("cannot allocate memory", "the server ran out of memory"),
+)
+
+
+@dataclass
+class Evidence:
+    """Everything the runner observed about one case.
+
+    Attributes:
+        connections: connections the case asked for.
+        nofile: RLIMIT_NOFILE of the server processes.
+        started: the server printed its listening line.
+        exit_status: the server's exit status (negative: killed by that signal),
+            None if it never exited.
+        exited_early: the server exited before it was told to stop.
+        killed: the server ignored SIGTERM and had to be killed.
+        stderr_tail: the last lines of the server's stderr.
+        stats: the server's --stats-file JSON, or None if it wrote none.
+        load_status: the load client's exit status, None if it was stopped.
+        load_timed_out: the runner stopped the load after the case's timeout.
+        load_timeout_s: that timeout.
+        load_stderr_tail: the last lines of the load client's stderr.
+        summary: the load's summary.json, or None.
+        usage: the sampler's figures (keys of ``sampler.Usage``).
+    """
+
+    connections: int
+    nofile: int = 20000
+    started: bool = True
+    exit_status: int | None = 0
+    exited_early: bool = False
+    killed: bool = False
+    stderr_tail: list[str] = field(default_factory=list)
+    stats: dict[str, Any] | None = None
+    load_status: int | None = 0
+    load_timed_out: bool = False
+    load_timeout_s: float = 0.0
+    load_stderr_tail: list[str] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+def _exit_words(status: int) -> str:
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _last_error_line(lines: list[str]) -> str:
+    for line in reversed(lines):
+        text = line.strip()
+        if text and not text.startswith(("File ", "Traceback", "^", "~")):
+            return text[:200]
+    return ""
+
+
+def _refusal_causes(ev: Evidence) -> list[str]:
+    refused = (ev.stats or {}).get("refused") or {}
+    n = ev.connections
+    words = {
+        "fd_setsize": f"select() cannot watch descriptors >= FD_SETSIZE ({FD_SETSIZE})",
+        "descriptor_limit": f"process descriptor limit ({ev.nofile}) reached",
+        "thread_start": "threads could not start",
+        "max_connections": "the server's --max-connections cap was reached",
+        "no_capacity": "no worker had room for more connections",
+    }
+    causes = []
+    for key, text in words.items():
+        count = int(refused.get(key) or 0)
+        if count > 0:
+            causes.append(f"{text}: {count} of {n} connections refused")
+    for key, count in refused.items():
+        if key not in words and count:
+            causes.append(f"server refused {count} of {n} connections ({key})")
+    return causes
+
+
+def _stderr_causes(ev: Evidence) -> list[str]:
+    text = "\n".join(ev.stderr_tail).lower()
+    found = []
+    for needle, cause in _STDERR_CAUSES:
+        if needle in text:
+            cause = cause.format(nofile=ev.nofile)
+            if cause not in found:
+                found.append(cause)
+    return found
+
+
+def _client_symptoms(ev: Evidence) -> list[str]:
+    s = ev.summary
+    if s is None:
+        return []
+    out = []
+    conns = s.get("connections") or {}
+    established = conns.get("established")
+    if established is not None and established < ev.connections:
+        out.append(f"{established} of {ev.connections} connections established")
+    errors = {k: v for k, v in (s.get("errors") or {}).items() if v}
+    for key, count in sorted(errors.items(), key=lambda kv: -kv[1]):
+        out.append(f"{count} {key}")
+    msgs = s.get("messages") or {}
+    if msgs.get("mismatched"):
+        mism = f"{msgs['mismatched']} mismatch"
+        if not any(o.endswith(" mismatch") for o in out):
+            out.append(mism)
+    return out
+
+
+def _is_timeout_symptom(ev: Evidence) -> bool:
+    errors = (ev.summary or {}).get("errors") or {}
+    timeouts = sum(v for k, v in errors.items() if "timeout" in k.lower() or "timedout" in k.lower())
+    return timeouts > 0 and timeouts >= sum(errors.values()) / 2
+
+
+def _load_clean(ev: Evidence) -> bool:
+    s = ev.summary
+    if ev.load_status != 0 or ev.load_timed_out or s is None:
+        return False
+    conns = s.get("connections") or {}
+    msgs = s.get("messages") or {}
+    errors = {k: v for k, v in (s.get("errors") or {}).items() if v}
+    return (
+        not errors
+        and conns.get("failed", 0) == 0
+        and conns.get("established", ev.connections) >= ev.connections
+        and msgs.get("mismatched", 0) == 0
+        and msgs.get("echoed", 0) >= msgs.get("sent", 0)
+    )
+
+
+def decide(ev: Evidence) -> tuple[str, str]:
+    """The verdict and its reason.
+
+    Returns:
+        ("passed", PASSED_RESULT) when every connection was established, every
+        message came back byte-exact and the server stopped cleanly; otherwise
+        ("failed", reason) with the most specific cause the evidence supports.
+    """
+    if not ev.started:
+        detail = _last_error_line(ev.stderr_tail)
+        what = _exit_words(ev.exit_status) if ev.exit_status is not None else "never said it was listening"
+        return "failed", f"server did not start: it {what}" + (f" ({detail})" if detail else "")
+
+    if _load_clean(ev) and not ev.exited_early:
+        if ev.killed:
+            return "failed", "server did not stop on SIGTERM and was killed (all echoes were correct)"
+        if ev.exit_status not in (0, None):
+            return "failed", (f"server {_exit_words(ev.exit_status)} when stopped "
+                              "(all echoes were correct)")
+        return "passed", PASSED_RESULT
+
+    causes = _refusal_causes(ev)
+    for cause in _stderr_causes(ev):
+        if not any(c.startswith(cause) for c in causes):
+            causes.append(cause)
+    per_process = int(ev.usage.get("peak_fds_per_process") or 0)
+    limit_words = f"process descriptor limit ({ev.nofile}) reached"
+    if per_process >= ev.nofile - _FD_HEADROOM and not any(c.startswith(limit_words) for c in causes):
+        causes.append(f"{limit_words}: a server process held {per_process} descriptors")
+    if ev.exited_early and ev.exit_status is not None:
+        detail = _last_error_line(ev.stderr_tail)
+        causes.append(f"server {_exit_words(ev.exit_status)} during the load"
+                      + (f" ({detail})" if detail else ""))
+
+    symptoms = _client_symptoms(ev)
+    if ev.load_timed_out:
+        symptoms.insert(0, f"the load did not finish within {ev.load_timeout_s:.0f} s")
+    elif ev.summary is None:
+        detail = _last_error_line(ev.load_stderr_tail)
+        symptoms.append(f"load client exited with status {ev.load_status} without a summary"
+                        + (f": {detail}" if detail else ""))
+
+    if not causes:
+        if ev.load_timed_out or _is_timeout_symptom(ev):
+            causes.append("timeouts: the server stopped answering in time")
+        elif ev.killed:
+            causes.append("server did not stop on SIGTERM and was killed")
+        elif ev.summary is None:
+            causes.append("load client failed")
+        else:
+            causes.append("the client saw errors")
+    reason = "; ".join(causes)
+    if symptoms:
+        reason += f" (client: {', '.join(symptoms)})"
+    return "failed", reason
