@@ -241,6 +241,9 @@ def start_server(
     server = ServerProcess(proc, "", 0, stats_path, stderr_path, full)
     try:
         line = _read_line(proc, ready_timeout)
+    except AssertionError as e:
+        server.kill()
+        raise AssertionError(f"c10k serve {' '.join(full)}: {e}; stderr: {server.stderr()[-2000:]}") from None
     except BaseException:
         server.kill()
         raise
