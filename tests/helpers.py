@@ -629,3 +629,140 @@ def echo_once(
                 break
             got += chunk
         return bytes(got)
+
+
+# --------------------------------------------------------------------------- long deterministic streams
+
+MiB = 1 << 20
+
+
+class Stream:
+    """A deterministic pseudo-random byte stream of ``total`` bytes, made and checked in 1 MiB blocks,
+    so hundreds of MiB can be sent and verified in order without holding them in memory."""
+
+    def __init__(self, seed: int, total: int):
+        self.seed = seed
+        self.total = total
+        self._cache: dict[int, bytes] = {}
+
+    def block(self, k: int) -> bytes:
+        b = self._cache.get(k)
+        if b is None:
+            if len(self._cache) >= 4:
+                self._cache.pop(min(self._cache))
+            b = self._cache[k] = random.Random(self.seed * 1_000_003 + k).randbytes(MiB)
+        return b
+
+    def view(self, offset: int, n: int) -> memoryview:
+        """Up to ``n`` bytes at ``offset`` (never crossing a block boundary)."""
+        k, i = divmod(offset, MiB)
+        n = min(n, MiB - i, self.total - offset)
+        return memoryview(self.block(k))[i : i + n]
+
+    def matches(self, offset: int, data: bytes | memoryview) -> bool:
+        data = memoryview(data)
+        pos = 0
+        while pos < len(data):
+            want = self.view(offset + pos, len(data) - pos)
+            if len(want) == 0 or data[pos : pos + len(want)] != want:
+                return False
+            pos += len(want)
+        return True
+
+
+@dataclass
+class StallResult:
+    sent_before_stall: int
+    received: int
+    in_order: bool
+    first_bad_offset: int | None
+
+
+def stall_then_drain(
+    sock: socket.socket,
+    stream: Stream,
+    *,
+    sample=None,
+    stall_s: float = 2.0,
+    timeout: float = 180.0,
+) -> StallResult:
+    """A client that writes ``stream`` without reading until the connection takes no more data for
+    ``stall_s`` seconds (every buffer on the way is full), then reads everything back while it
+    writes the rest, checking order. ``sample()`` is called about every 0.1 s in both phases."""
+    sock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_WRITE)
+    deadline = time.monotonic() + timeout
+    next_tick = 0.0
+    sent = 0
+
+    def tick():
+        nonlocal next_tick
+        now = time.monotonic()
+        if sample is not None and now >= next_tick:
+            sample()
+            next_tick = now + 0.1
+        if now > deadline:
+            raise AssertionError(f"stall_then_drain: timed out (sent {sent})")
+
+    try:
+        while sent < stream.total:  # phase 1: write only
+            tick()
+            if not sel.select(stall_s):
+                break
+            try:
+                sent += sock.send(stream.view(sent, 256 * 1024))
+            except BlockingIOError:
+                pass
+        stalled_at = sent
+        if sample is not None:  # a few samples while stalled
+            for _ in range(5):
+                sample()
+                sel.select(0.1)
+        received = 0
+        bad = None
+        sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        writing = True
+        while received < stream.total:  # phase 2: read and write
+            tick()
+            for _key, mask in sel.select(1.0):
+                if mask & selectors.EVENT_READ:
+                    try:
+                        data = sock.recv(262144)
+                    except BlockingIOError:
+                        data = None
+                    if data == b"":
+                        raise AssertionError(f"EOF after {received} of {stream.total} bytes")
+                    if data:
+                        if bad is None and not stream.matches(received, data):
+                            bad = received
+                        received += len(data)
+                if writing and mask & selectors.EVENT_WRITE:
+                    try:
+                        sent += sock.send(stream.view(sent, 256 * 1024))
+                    except BlockingIOError:
+                        pass
+                    if sent >= stream.total:
+                        writing = False
+                        sel.modify(sock, selectors.EVENT_READ)
+        return StallResult(stalled_at, received, bad is None, bad)
+    finally:
+        sel.close()
+
+
+class PeakSampler:
+    """Samples a server's tree RSS; ``peak - baseline`` is the growth."""
+
+    def __init__(self, server: ServerProcess):
+        self.server = server
+        self.baseline = server.rss()
+        self.peak = self.baseline
+        self.samples = 0
+
+    def __call__(self) -> None:
+        self.peak = max(self.peak, self.server.rss())
+        self.samples += 1
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.baseline
