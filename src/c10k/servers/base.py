@@ -101,9 +101,9 @@ def log(message: str) -> None:
     print(f"c10k serve: {message}", file=sys.stderr, flush=True)
 
 
-def announce(sock: socket.socket) -> None:
+def announce(address: tuple[Any, ...]) -> None:
     """The one line the contract promises once connections are accepted."""
-    host, port = sock.getsockname()[:2]
+    host, port = address[:2]
     print(f"listening on {host}:{port}", flush=True)
 
 
@@ -209,8 +209,10 @@ class Server:
         os.replace(tmp, self.config.stats_file)
 
 
-def deadline_after(seconds: float) -> float:
-    return time.monotonic() + seconds
+def stop_deadline(shutdown_timeout: float, now: float | None = None) -> float:
+    """When to close what is left, keeping a margin to exit within the timeout."""
+    now = time.monotonic() if now is None else now
+    return now + shutdown_timeout - min(0.5, shutdown_timeout / 4)
 
 
 class RefusalLog:

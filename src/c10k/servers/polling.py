@@ -38,7 +38,7 @@ class SingleReactorServer(Server):
         listener = open_listener(self.config)
         shutdown = ShutdownSignal()
         reactor = self.reactor_class(self.poller_class(), self.config, self.stats, listener, shutdown)
-        announce(listener)
+        announce(listener.getsockname())
         reactor.run()
         shutdown.close()
         self.write_stats()

@@ -33,7 +33,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from c10k.servers.base import RefusalLog, ServerConfig, ShutdownSignal, Stats, log
+from c10k.servers.base import RefusalLog, ServerConfig, ShutdownSignal, Stats, log, stop_deadline
 from c10k.servers.echo import EchoBuffer
 
 __all__ = ["Reactor", "Poller", "EpollPoller", "PollPoller", "SelectPoller"]
@@ -187,7 +187,7 @@ class Reactor:
         shutdown: the process's shutdown signal (a thread worker has none:
             its acceptor stops it through the inbox).
         inbox: (fd, receive) where ``receive()`` returns new descriptors to
-            serve, or None once the sender is gone.
+            serve, or the time.monotonic() by which to stop.
     """
 
     def __init__(
@@ -197,8 +197,9 @@ class Reactor:
         stats: Stats,
         listener: socket.socket | None = None,
         shutdown: ShutdownSignal | None = None,
-        inbox: tuple[int, Callable[[], list[int] | None]] | None = None,
+        inbox: tuple[int, Callable[[], list[int] | float]] | None = None,
         on_change: Callable[[], None] | None = None,
+        on_close: Callable[[int], None] | None = None,
     ) -> None:
         self.poller = poller
         self.config = config
@@ -206,11 +207,14 @@ class Reactor:
         self.listener = listener
         self.shutdown = shutdown
         wake_fd = shutdown.wake_fd if shutdown else None
-        self.inbox_fd, self.receive = inbox if inbox else (None, None)
+        self.inbox_fd: int | None = inbox[0] if inbox else None
+        self.receive: Callable[[], list[int] | float] | None = inbox[1] if inbox else None
         self.on_change = on_change
+        self.on_close = on_close
         self.conns: dict[int, Conn] = {}
         self.now = time.monotonic()
         self.stopping = False
+        self.deadline = float("inf")  # set when stopping: close what is left then
         self.refusals = RefusalLog()
         self._reserve_fd: int | None = None
         for fd in (listener.fileno() if listener else None, wake_fd, self.inbox_fd):
@@ -302,10 +306,9 @@ class Reactor:
         edge = self.poller.edge_triggered
         stats = self.stats
         idle = self.config.idle_timeout
-        deadline = float("inf")
         next_tick = self.now + 1.0
         while True:
-            timeout = min(next_tick, deadline) - self.now
+            timeout = min(next_tick, self.deadline) - self.now
             events = poll(timeout if timeout > 0 else 0)
             now = self.now = time.monotonic()
             echoed = 0
@@ -354,11 +357,10 @@ class Reactor:
                 if self.on_change:
                     self.on_change()
             if self.stopping:
-                if not conns or now >= deadline:
+                if not conns or now >= self.deadline:
                     break
             elif self.shutdown is not None and self.shutdown.requested:
-                self._begin_stop()
-                deadline = now + self.config.shutdown_timeout
+                self._begin_stop(stop_deadline(self.config.shutdown_timeout, now))
                 if not conns:
                     break
         self._finish()
@@ -372,11 +374,11 @@ class Reactor:
         elif fd == self.inbox_fd:
             assert self.receive is not None
             fds = self.receive()
-            if fds is None:  # the acceptor is gone or says stop
+            if isinstance(fds, float):  # stop by this time (the acceptor's deadline)
                 self.poller.remove(fd)
                 self.inbox_fd = None
                 if not self.stopping:
-                    self._begin_stop()
+                    self._begin_stop(fds)
                 return
             for new in fds:
                 if self.stopping:
@@ -387,9 +389,8 @@ class Reactor:
             self.shutdown.drain()  # the loop reads shutdown.requested after the events
 
     def _slow_event(self, conn: Conn, ev: int) -> None:
-        if ev & OUT:
-            if not self._flush(conn):
-                return
+        if ev & OUT and not self._flush(conn):
+            return
         if ev & READ_EVENTS:
             conn.last = self.now
             self._read_more(conn)
@@ -515,17 +516,18 @@ class Reactor:
         except OSError:
             pass
         self.stats.closed += 1
-        if self.on_change and (self.stats.closed & 63 == 0 or self.stopping):
-            self.on_change()
+        if self.on_close:
+            self.on_close(self.stats.closed)
 
     def _close_idle(self, cutoff: float) -> None:
         for conn in [c for c in self.conns.values() if c.last < cutoff]:
             self._close(conn)
             self.stats.closed_idle += 1
 
-    def _begin_stop(self) -> None:
+    def _begin_stop(self, deadline: float) -> None:
         """Stop accepting and reading; owed echoes go out, then EOF, then drain."""
         self.stopping = True
+        self.deadline = deadline
         if self.listener is not None:
             self.poller.remove(self.listener.fileno())
             # Closing the listener makes new connects fail at once (RST)
