@@ -93,7 +93,8 @@ class _Progress:
             return
         self.done += 1
         mark = "[green]passed[/green]" if result.passed else "[red]failed[/red]"
-        line = f"{case.number:>3} {case.server:<16}{case.connections:>8,}  {mark}  ({result.duration_s:.1f} s)"
+        line = (f"{case.number:>3} {case.server:<16}{case.connections:>8,}  {mark}  "
+                f"({result.duration_s:.1f} s)")
         if not result.passed:
             line += f": {result.reason}"
         if self._progress is not None:
@@ -128,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.find_limit:
         if args.find_limit not in SERVERS:
-            raise UsageError(f"--find-limit: unknown server {args.find_limit!r} (known: {', '.join(SERVERS)})")
+            raise UsageError(f"--find-limit: unknown server {args.find_limit!r} "
+                             f"(known: {', '.join(SERVERS)})")
         if args.start > args.max_connections:
             raise UsageError("--start must not exceed --max")
         progress = _Progress(0, f"find-limit {args.find_limit}")

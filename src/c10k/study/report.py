@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from c10k.study.cases import EXPECTED_BEHAVIOR, SERVERS  # noqa: E402
 from c10k.study.runner import CaseResult, StudyResult  # noqa: E402
@@ -63,10 +64,17 @@ def _echoed(r: CaseResult) -> int:
     return int(((r.summary or {}).get("messages") or {}).get("echoed") or 0)
 
 
+#: Below this much CPU time the kernel's accounting (10 ms ticks) says little.
+_MIN_CPU_S = 0.05
+
+
 def cpu_per_message_us(r: CaseResult) -> float | None:
-    """Server CPU time (user + system, all its processes) per echoed message, in µs."""
+    """Server CPU time (user + system, all its processes) per echoed message, in µs.
+
+    None when too little CPU was used to measure (a few hundred messages).
+    """
     n = _echoed(r)
-    return r.usage.cpu_s / n * 1e6 if n else None
+    return r.usage.cpu_s / n * 1e6 if n and r.usage.cpu_s >= _MIN_CPU_S else None
 
 
 def memory_per_connection_kib(r: CaseResult) -> float | None:
@@ -90,7 +98,7 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 def testcase_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
     """The original's test-case table, one row per case."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in results:
         status = f"{'Passed' if r.passed else 'Failed'}, see Results ({r.case.number})"
         rows.append((str(r.case.number), r.case.scenario, EXPECTED_BEHAVIOR, r.reason, status))
@@ -99,7 +107,7 @@ def testcase_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
 
 def results_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
     """The results table: response times, throughput and what the server used."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in results:
         s = r.summary or {}
         rate = s.get("messages_per_s")
@@ -118,7 +126,7 @@ def results_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
 
 
 def _against_original_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in results:
         if r.case.original is None:
             continue
@@ -142,6 +150,15 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 # --- charts -----------------------------------------------------------------
+
+_COUNT_TICKS = FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else ("0" if v == 0 else ""))
+
+
+def _count_axis(ax: Any, largest: int) -> None:
+    ax.set_xscale("symlog", linthresh=1)
+    ax.xaxis.set_major_formatter(_COUNT_TICKS)
+    ax.set_xlim(0.7, max(10, largest) * 1.6)
+
 
 def _servers_in(results: Sequence[CaseResult]) -> list[str]:
     return list(dict.fromkeys(r.case.server for r in results))
@@ -189,24 +206,30 @@ def _chart_percentiles(results: Sequence[CaseResult], path: Path) -> None:
     servers = _servers_in(results)
     cols = min(4, len(servers))
     rows = math.ceil(len(servers) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.6, 3.0 * rows + 0.8),
+    height = 3.0 * rows + 1.0
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.6, height),
                              sharey=True, squeeze=False)
     colors = plt.get_cmap("viridis")
-    for ax, server in zip(axes.flat, servers):
+    for ax, server in zip(axes.flat, servers, strict=False):
         mine = sorted((r for r in results if r.case.server == server), key=lambda r: r.case.connections)
         for i, (key, label) in enumerate(_PERCENTILES):
             pts = [(r.case.connections, v, r.passed) for r in mine if (v := _latency_ms(r, key)) is not None]
             if not pts:
                 continue
-            xs, ys, ok = zip(*pts)
-            ax.plot(xs, ys, "-", color=colors(i / (len(_PERCENTILES) - 1)), label=label, linewidth=1.6)
-            ax.scatter([x for x, o in zip(xs, ok) if o], [y for y, o in zip(ys, ok) if o],
-                       color=colors(i / (len(_PERCENTILES) - 1)), s=14, zorder=3)
-            bad = [(x, y) for x, y, o in zip(xs, ys, ok) if not o]
+            xs, ys, ok = zip(*pts, strict=True)
+            shade = colors(i / (len(_PERCENTILES) - 1))
+            ax.plot(xs, ys, "-", color=shade, label=label, linewidth=1.6)
+            good = [(x, y) for x, y, o in zip(xs, ys, ok, strict=True) if o]
+            if good:
+                gx, gy = zip(*good, strict=True)
+                ax.scatter(gx, gy, color=shade, s=14, zorder=3)
+            bad = [(x, y) for x, y, o in zip(xs, ys, ok, strict=True) if not o]
             if bad:
-                ax.scatter(*zip(*bad), marker="x", color="#b00020", s=40, zorder=4)
+                bx, by = zip(*bad, strict=True)
+                ax.scatter(bx, by, marker="x", color="#b00020", s=40, zorder=4)
         ax.set_title(server, color=_PALETTE.get(server, "black"), fontweight="bold")
-        ax.set_xscale("symlog", linthresh=1)
+        _count_axis(ax, max(r.case.connections for r in results))
+        ax.tick_params(axis="x", labelsize=7)
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="major")
         ax.set_xlabel("connections")
@@ -217,9 +240,10 @@ def _chart_percentiles(results: Sequence[CaseResult], path: Path) -> None:
     handles = [Line2D([], [], color=colors(i / (len(_PERCENTILES) - 1)), label=label)
                for i, (_, label) in enumerate(_PERCENTILES)]
     handles.append(Line2D([], [], marker="x", color="#b00020", linestyle="", label="case failed"))
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False)
-    fig.suptitle("Response-time percentiles per architecture", y=0.995, fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))
+    fig.suptitle("Response-time percentiles per architecture", fontsize=13, y=1 - 0.08 / height, va="top")
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.38 / height))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -233,22 +257,24 @@ def _chart_metric(results: Sequence[CaseResult], path: Path, metric: Any, ylabel
                      if r.case.server == server and (v := metric(r)) is not None)
         if not pts:
             continue
-        xs, ys, ok = zip(*pts)
+        xs, ys, ok = zip(*pts, strict=True)
         color = _PALETTE.get(server, "grey")
         ax.plot(xs, ys, "-o", color=color, label=server, markersize=4, linewidth=1.8)
-        bad = [(x, y) for x, y, o in zip(xs, ys, ok) if not o]
+        bad = [(x, y) for x, y, o in zip(xs, ys, ok, strict=True) if not o]
         if bad:
-            ax.scatter(*zip(*bad), marker="x", color="#b00020", s=60, zorder=4)
-    ax.set_xscale("symlog", linthresh=1)
+            bx, by = zip(*bad, strict=True)
+            ax.scatter(bx, by, marker="x", color="#b00020", s=60, zorder=4)
+    _count_axis(ax, max(r.case.connections for r in results))
     ax.set_ylim(bottom=0)
     ax.set_xlabel("concurrent connections (log scale)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(f"{title}\n", fontsize=12)
+    ax.text(0.5, 1.015, note, transform=ax.transAxes, ha="center", va="bottom", fontsize=8.5,
+            color="#555555")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], marker="x", color="#b00020", linestyle="", label="case failed"))
     ax.legend(handles=handles, fontsize=9, loc="upper left")
-    ax.text(0.99, 0.98, note, transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#555555")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

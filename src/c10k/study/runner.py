@@ -154,6 +154,23 @@ class StudyResult:
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StudyResult:
+        """Rebuild a study from its results.json (to re-render a report)."""
+        results = []
+        for c in data["cases"]:
+            case = Case(c["case"], c["server"], c["connections"], c.get("messages", 100),
+                        c.get("message", "Gary's spamming"), c.get("original"))
+            usage_json = c.get("server_usage") or {}
+            fields = {k: v for k, v in usage_json.items() if k in Usage.__dataclass_fields__}
+            usage = Usage(**fields)
+            usage.series = [tuple(row) for row in usage.series]  # type: ignore[misc]
+            results.append(CaseResult(case, c["status"], c["reason"], c.get("directory", ""),
+                                      c.get("summary"), usage, c.get("server_stats"), c.get("server_exit"),
+                                      c.get("load_status"), c.get("duration_s", 0.0)))
+        return cls(data.get("matrix", "study"), results, data.get("machine", {}),
+                   data.get("started_at", ""), data.get("duration_s", 0.0), list(data.get("notes", [])))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "matrix": self.matrix,

@@ -52,7 +52,7 @@ class ProcessTreeSampler:
         interval: seconds between samples.
     """
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
         self._root = psutil.Process(pid)
         self._interval = interval
         self._stop = threading.Event()

@@ -25,7 +25,8 @@ _FD_HEADROOM = 64
 
 _STDERR_CAUSES: tuple[tuple[str, str], ...] = (
     ("can't start new thread", "threads could not start"),
-    ("filedescriptor out of range in select", f"select() cannot watch descriptors >= FD_SETSIZE ({FD_SETSIZE})"),
+    ("filedescriptor out of range in select",
+     f"select() cannot watch descriptors >= FD_SETSIZE ({FD_SETSIZE})"),
     ("too many open files", "process descriptor limit ({nofile}) reached"),
     ("memoryerror", "the server ran out of memory"),
     ("cannot allocate memory", "the server ran out of memory"),
