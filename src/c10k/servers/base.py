@@ -23,9 +23,13 @@ from typing import Any
 from c10k.errors import C10kError
 from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
 
-__all__ = ["ServerConfig", "Stats", "Server", "open_listener", "ShutdownSignal", "log", "announce"]
+__all__ = [
+    "ServerConfig", "Stats", "Server", "open_listener", "ShutdownSignal", "RefusalLog", "DescriptorReserve",
+    "log", "announce", "stop_deadline",
+]
 
 #: Reasons a connection is closed at once, as the stats file names them.
+DESCRIPTOR_LIMIT_WHY = "process descriptor limit (RLIMIT_NOFILE) reached"
 REFUSAL_REASONS = ("fd_setsize", "thread_start", "descriptor_limit", "max_connections", "no_capacity")
 
 
@@ -244,3 +248,44 @@ class RefusalLog:
 
     def flush(self) -> None:
         self.tick(float("inf"))
+
+
+class DescriptorReserve:
+    """One spare descriptor, given up to accept-and-close when out of them.
+
+    On EMFILE or ENFILE the listener stays readable with nothing we can do, and
+    a poll loop would spin on it. Closing the spare lets us accept the next
+    client and close it at once: it learns now instead of hanging in the
+    backlog, and the loop waits again. (libev and libuv do the same.)
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._take()
+
+    def _take(self) -> None:
+        try:
+            self._fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None  # a closing connection frees one; we try again next time
+
+    def shed(self, listener: socket.socket) -> bool:
+        """Accept one pending client with the spare and close it; True if one was."""
+        if self._fd is None:
+            self._take()
+            if self._fd is None:
+                return False
+        os.close(self._fd)
+        self._fd = None
+        try:
+            listener.accept()[0].close()
+            return True
+        except OSError:
+            return False
+        finally:
+            self._take()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

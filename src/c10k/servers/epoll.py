@@ -41,6 +41,8 @@ from typing import Any
 
 from c10k.limits import nofile_limits
 from c10k.servers.base import (
+    DESCRIPTOR_LIMIT_WHY,
+    DescriptorReserve,
     RefusalLog,
     Server,
     ShutdownSignal,
@@ -171,15 +173,14 @@ class EpollServer(Server):
         address = first.getsockname()
         self.port = address[1]
         self.listener: socket.socket | None = None
-        self._reserve_fd: int | None = None
+        self.reserve: DescriptorReserve | None = None
         if self.reuseport:
             for i in range(cfg.workers):
                 self._spawn(first if i == 0 else None)
         else:
             self.listener = first
             self.ep.register(first.fileno(), select.EPOLLIN)
-            # See Reactor: a spare descriptor to accept-and-close with on EMFILE.
-            self._reserve_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            self.reserve = DescriptorReserve()  # for EMFILE on accept, see base.py
             for _ in range(cfg.workers):
                 self._spawn()
         # SIGCHLD wakes the loop through the wakeup fd, so a dead worker is
@@ -239,8 +240,8 @@ class EpollServer(Server):
         self.ep.close()
         if self.listener is not None:
             self.listener.close()
-        if self._reserve_fd is not None:
-            os.close(self._reserve_fd)
+        if self.reserve is not None:
+            self.reserve.close()
         for w in self.workers.values():
             w.chan.close()
 
@@ -375,22 +376,10 @@ class EpollServer(Server):
                 os.close(fd)
 
     def _shed_one(self) -> None:
-        if self._reserve_fd is None or self.listener is None:
-            return
-        os.close(self._reserve_fd)
-        self._reserve_fd = None
-        try:
-            sock, _ = self.listener.accept()
-            sock.close()
+        assert self.listener is not None
+        if self.reserve is not None and self.reserve.shed(self.listener):
             self.stats.refused["descriptor_limit"] += 1
-            self.refusals.note("descriptor_limit", "acceptor out of descriptors (RLIMIT_NOFILE)", time.monotonic())
-        except OSError:
-            pass
-        finally:
-            try:
-                self._reserve_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass
+            self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, time.monotonic())
 
     # -- stopping ---------------------------------------------------------------
 

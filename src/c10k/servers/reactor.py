@@ -33,7 +33,16 @@ import socket
 import time
 from collections.abc import Callable
 
-from c10k.servers.base import RefusalLog, ServerConfig, ShutdownSignal, Stats, log, stop_deadline
+from c10k.servers.base import (
+    DESCRIPTOR_LIMIT_WHY,
+    DescriptorReserve,
+    RefusalLog,
+    ServerConfig,
+    ShutdownSignal,
+    Stats,
+    log,
+    stop_deadline,
+)
 from c10k.servers.echo import EchoBuffer
 
 __all__ = ["Reactor", "Poller", "EpollPoller", "PollPoller", "SelectPoller"]
@@ -216,16 +225,10 @@ class Reactor:
         self.stopping = False
         self.deadline = float("inf")  # set when stopping: close what is left then
         self.refusals = RefusalLog()
-        self._reserve_fd: int | None = None
         for fd in (listener.fileno() if listener else None, wake_fd, self.inbox_fd):
             if fd is not None:
                 poller.add_control(fd)
-        if listener is not None:
-            # One spare descriptor, given up to accept-and-close when the
-            # process is out of descriptors (EMFILE): pending clients learn at
-            # once instead of hanging in the backlog, and the listener does not
-            # stay readable with nothing we can do, which would spin the loop.
-            self._reserve_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self.reserve = DescriptorReserve()  # for EMFILE on accept, see base.py
 
     # -- admission ------------------------------------------------------------
 
@@ -276,24 +279,10 @@ class Reactor:
             self.add(fd)
 
     def _shed_one(self) -> None:
-        """Out of descriptors: accept the next client with the reserve and close it."""
-        if self._reserve_fd is None:
-            return
-        os.close(self._reserve_fd)
-        self._reserve_fd = None
         assert self.listener is not None
-        try:
-            sock, _ = self.listener.accept()
-            sock.close()
+        if self.reserve.shed(self.listener):
             self.stats.refused["descriptor_limit"] += 1
-            self.refusals.note("descriptor_limit", "process descriptor limit (RLIMIT_NOFILE) reached", self.now)
-        except OSError:
-            pass
-        finally:
-            try:
-                self._reserve_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass  # a connection closes soon and frees one; try again then
+            self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, self.now)
 
     # -- the loop -------------------------------------------------------------
 
@@ -546,9 +535,7 @@ class Reactor:
         for conn in list(self.conns.values()):
             self._close(conn)
         self.refusals.flush()
-        if self._reserve_fd is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
+        self.reserve.close()
         if self.listener is not None:
             self.listener.close()
         if self.on_change:

@@ -1,0 +1,177 @@
+"""A thread per connection: the original study's first server.
+
+Each connection gets a thread that blocks in recv() and sendall(); blocking
+send is its backpressure. The acceptor runs in the main thread on poll(), so
+a shutdown signal wakes it at once. When a thread cannot start (memory for its
+stack, or the process's thread limit) that connection is closed and counted,
+and the server goes on.
+
+Stopping without losing echoes: the acceptor cannot interrupt a thread's
+recv(), and shutdown(SHUT_RD) would make later client bytes answer with a
+reset. Instead each connection has a lock held while an echo is being written.
+The acceptor marks the connection stopping and, if no echo is in progress,
+shuts its write side itself; otherwise the thread does it right after its
+echo. Either way the thread then discards what the client still sends until
+its EOF, so the client reads every echo and then EOF.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+
+from c10k.errors import UsageError
+from c10k.servers.base import (
+    DESCRIPTOR_LIMIT_WHY,
+    DescriptorReserve,
+    RefusalLog,
+    Server,
+    ShutdownSignal,
+    announce,
+    open_listener,
+    stop_deadline,
+)
+
+__all__ = ["ThreadedServer"]
+
+READ_SIZE = 65536
+
+
+class _Conn:
+    __slots__ = ("sock", "lock", "stopping", "shut")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.shut = False
+
+    def stop(self) -> None:
+        """From the acceptor: shut the write side unless an echo is in flight."""
+        self.stopping = True
+        if self.lock.acquire(blocking=False):
+            try:
+                self._shut()
+            finally:
+                self.lock.release()
+
+    def _shut(self) -> None:
+        if not self.shut:
+            self.shut = True
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+class ThreadedServer(Server):
+    name = "threaded"
+
+    def serve(self) -> None:
+        cfg = self.config
+        if cfg.stack_size:
+            try:
+                threading.stack_size(cfg.stack_size)
+            except ValueError as exc:
+                raise UsageError(f"--stack-size {cfg.stack_size}: {exc}") from None
+        listener = open_listener(cfg)
+        shutdown = ShutdownSignal()
+        reserve = DescriptorReserve()
+        refusals = RefusalLog()
+        self.lock = threading.Lock()
+        self.conns: set[_Conn] = set()
+        self.all_closed = threading.Event()
+        self.stopping = False
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        poller.register(shutdown.wake_fd, select.POLLIN)
+        announce(listener.getsockname())
+        while not shutdown.requested:
+            for fd, _ in poller.poll(1000):
+                if fd == shutdown.wake_fd:
+                    shutdown.drain()
+                else:
+                    self._accept(listener, reserve, refusals)
+            refusals.tick(time.monotonic())
+        deadline = stop_deadline(cfg.shutdown_timeout)
+        listener.close()  # new connects are refused from now on
+        with self.lock:
+            self.stopping = True
+            conns = list(self.conns)
+            if not conns:
+                self.all_closed.set()
+        for conn in conns:
+            conn.stop()
+        self.all_closed.wait(max(0.0, deadline - time.monotonic()))
+        refusals.flush()
+        reserve.close()
+        shutdown.close()
+        with self.lock:
+            self.write_stats()
+        # Threads still draining are daemons: they end with the process.
+
+    def _accept(self, listener: socket.socket, reserve: DescriptorReserve, refusals: RefusalLog) -> None:
+        limit = self.config.max_connections
+        for _ in range(256):
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (24, 23) and reserve.shed(listener):  # EMFILE, ENFILE
+                    self.stats.refused["descriptor_limit"] += 1
+                    refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, time.monotonic())
+                    continue
+                return
+            if limit and len(self.conns) >= limit:
+                sock.close()
+                self.stats.refused["max_connections"] += 1
+                refusals.note("max_connections", f"--max-connections {limit} reached", time.monotonic())
+                continue
+            sock.settimeout(self.config.idle_timeout or None)
+            conn = _Conn(sock)
+            with self.lock:
+                self.conns.add(conn)
+            try:
+                threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+            except (RuntimeError, MemoryError) as exc:
+                with self.lock:
+                    self.conns.discard(conn)
+                sock.close()
+                self.stats.refused["thread_start"] += 1
+                refusals.note("thread_start", f"a thread could not start ({exc})", time.monotonic())
+                continue
+            self.stats.accepted += 1
+            if len(self.conns) > self.stats.peak_concurrent:
+                self.stats.peak_concurrent = len(self.conns)
+
+    def _serve_one(self, conn: _Conn) -> None:
+        sock = conn.sock
+        echoed = 0
+        idle = False
+        try:
+            while True:
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    break  # the client's EOF: everything it sent is echoed
+                with conn.lock:
+                    if not conn.stopping:
+                        sock.sendall(data)
+                        echoed += len(data)
+                    if conn.stopping:
+                        conn._shut()  # then discard until the client's EOF
+        except TimeoutError:
+            idle = not conn.stopping
+        except OSError:
+            pass
+        finally:
+            sock.close()
+            with self.lock:
+                self.conns.discard(conn)
+                self.stats.closed += 1
+                self.stats.bytes_echoed += echoed
+                self.stats.closed_idle += idle
+                if self.stopping and not self.conns:
+                    self.all_closed.set()
