@@ -1,14 +1,173 @@
-"""`c10k load`: placeholder until its issue lands."""
+"""`c10k load`: open many connections to an echo server, check and time every echo."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
+
+from c10k.errors import UsageError
+
+DEFAULTS: dict[str, Any] = {
+    "host": "127.0.0.1", "port": 7000, "count": 100, "connections": 1, "connect_rate": 0.0,
+    "timeout": 10.0, "rate": 0.0, "duration": 0.0, "out": "results/load",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("load", help="(not yet implemented)")
+    p = sub.add_parser(
+        "load", help="run an echo load: connections x messages, every byte checked and timed",
+        description="Open CONNECTIONS connections to an echo server (all at once by default), send MESSAGE "
+                    "COUNT times on each, check every echo byte for byte and time every round trip. "
+                    "Writes OUT/summary.json and OUT/connections.csv. Exit 0 only when every "
+                    "connection was established and every message came back byte-exact.")
+    # Defaults are None so that "no arguments at all" can be told apart (the interactive mode).
+    p.add_argument("--host", help=f"server host (default {DEFAULTS['host']})")
+    p.add_argument("-p", "--port", type=int, help=f"server port (default {DEFAULTS['port']})")
+    p.add_argument("-m", "--message", help="message text (default: 15 bytes, \"Gary's spamming\")")
+    p.add_argument("--size", type=int, metavar="BYTES", help="send a generated message of BYTES bytes instead")
+    p.add_argument("-n", "--count", type=int, help="messages per connection (default 100)")
+    p.add_argument("-c", "--connections", type=int, help="connections (default 1)")
+    p.add_argument("--processes", type=int, help="load processes (default: enough for RLIMIT_NOFILE, "
+                                                 "one per CPU for large runs)")
+    p.add_argument("--connect-rate", type=float, metavar="PER_S", help="connects per second (default: unpaced)")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds a connect or an echo may take (default 10)")
+    p.add_argument("--source-ip", action="append", metavar="IP",
+                   help="source address to connect from (repeat or comma-separate; default: automatic "
+                        "127.0.0.x for loopback targets past one address's ephemeral ports)")
+    p.add_argument("--rate", type=float, metavar="MSG_PER_S",
+                   help="open loop: total messages per second on a fixed timetable (needs --duration)")
+    p.add_argument("--duration", type=float, metavar="S", help="open loop: seconds of sending")
+    p.add_argument("--no-barrier", dest="barrier", action="store_false", default=None,
+                   help="start each connection's messages as soon as it connects")
+    p.add_argument("--out", metavar="DIR", help=f"results directory (default {DEFAULTS['out']})")
+    p.add_argument("-q", "--quiet", action="store_true", default=None, help="print nothing unless it fails")
     p.set_defaults(run=run)
 
 
+def _ask(args: argparse.Namespace) -> None:
+    from rich.prompt import IntPrompt, Prompt
+
+    from c10k.load import DEFAULT_MESSAGE
+
+    try:
+        args.message = Prompt.ask("Message to send", default=DEFAULT_MESSAGE.decode())
+        while (count := IntPrompt.ask("How many times to send it", default=DEFAULTS["count"])) < 0:
+            print("Please give 0 or more.")
+        while (conns := IntPrompt.ask("How many connections", default=DEFAULTS["connections"])) < 1:
+            print("Please give 1 or more.")
+    except EOFError:
+        raise UsageError("no answer on standard input") from None
+    args.count, args.connections = count, conns
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    from c10k.load import DEFAULT_MESSAGE, make_message
+
+    if all(getattr(args, k) is None for k in ("host", "port", "message", "size", "count", "connections",
+                                                "processes", "connect_rate", "timeout", "source_ip", "rate",
+                                                "duration", "barrier", "out", "quiet")) and sys.stdin.isatty():
+        _ask(args)
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.message is not None and args.size is not None:
+        raise UsageError("give either -m/--message or --size, not both")
+    if args.size is not None:
+        message = make_message(args.size)
+    elif args.message is not None:
+        message = args.message.encode()
+        if not message:
+            raise UsageError("-m/--message must not be empty")
+    else:
+        message = DEFAULT_MESSAGE
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be 1..65535, not {args.port}")
+    if args.connections < 1:
+        raise UsageError(f"-c/--connections must be at least 1, not {args.connections}")
+    if args.count < 0:
+        raise UsageError(f"-n/--count must be 0 or more, not {args.count}")
+    if args.processes is not None and args.processes < 1:
+        raise UsageError(f"--processes must be at least 1, not {args.processes}")
+    sources = [ip.strip() for item in (args.source_ip or []) for ip in item.split(",") if ip.strip()]
+    return {
+        "message": message, "count": args.count, "connections": args.connections,
+        "connect_rate": args.connect_rate, "timeout": args.timeout, "source_ips": sources,
+        "barrier": args.barrier is not False, "rate": args.rate, "duration": args.duration,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("c10k load: not implemented yet")
+    from c10k.load import check_options, plan_load, run_load, write_results
+
+    options = _options(args)
+    quiet = bool(args.quiet)
+    live = not quiet and sys.stdout.isatty()
+    samples = int(options["rate"] * options["duration"]) if options["rate"] else args.connections * args.count
+    check_options(options["message"], options["count"], options["connections"], options["connect_rate"],
+           options["timeout"], options["rate"], options["duration"])
+    plan = plan_load(args.host, args.port, args.connections, processes=args.processes,
+                     source_ips=options["source_ips"], samples=samples)
+    if not quiet:
+        print(plan.describe(), flush=True)
+    if live:
+        result = _run_with_bar(args, plan, options)
+    else:
+        result = run_load(args.host, args.port, plan=plan, **options)
+    summary_path, csv_path = write_results(result, args.out)
+    s = result.summary
+    if live:
+        _print_table(s)
+    elif not quiet:
+        lat = s["latency_us"]
+        print(f"{s['messages']['echoed']} echoed on {s['connections']['completed']}/"
+              f"{s['connections']['requested']} connections in {s['elapsed_s']:.3f} s "
+              f"({s['messages_per_s']:.0f} msg/s, connect {s['connect_s']:.3f} s); latency us "
+              f"p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}; wrote {summary_path} and {csv_path}")
+    if not result.ok:
+        errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "no reason recorded"
+        print(f"c10k load: {s['connections']['failed']} of {s['connections']['requested']} connection(s) "
+              f"failed, {s['messages']['mismatched']} mismatched: {errors}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_with_bar(args: argparse.Namespace, plan: Any, options: dict[str, Any]) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from c10k.load import run_load
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+               TextColumn("open {task.fields[open]}  errors {task.fields[failed]}"), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        connect = bar.add_task("connecting", total=args.connections, open=0, failed=0)
+        echo = bar.add_task("echoing", total=max(1, args.connections * args.count if not options["rate"]
+                                                 else int(options["rate"] * options["duration"])),
+                            open=0, failed=0, start=False)
+
+        def update(p: Any) -> None:
+            bar.update(connect, completed=p.established, open=p.open, failed=p.failed)
+            if p.phase == "echoing":
+                bar.start_task(echo)
+                bar.update(echo, completed=p.echoed, open=p.open, failed=p.failed)
+
+        return run_load(args.host, args.port, plan=plan, on_progress=update, **options)
+
+
+def _print_table(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"c10k load -> {s['host']}:{s['port']}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    c, m, lat = s["connections"], s["messages"], s["latency_us"]
+    t.add_row("connections", f"{c['completed']}/{c['requested']} completed, {c['established']} established, "
+                             f"peak open {c['peak_open']}")
+    t.add_row("messages", f"{m['echoed']} echoed of {m['sent']} sent, {m['mismatched']} mismatched")
+    t.add_row("connect phase", f"{s['connect_s']:.3f} s")
+    t.add_row("message phase", f"{s['elapsed_s']:.3f} s, {s['messages_per_s']:.0f} msg/s")
+    for k in ("min", "mean", "p50", "p90", "p99", "p999", "max"):
+        t.add_row(f"latency {k}", "-" if lat[k] is None else f"{lat[k]:.1f} us")
+    t.add_row("errors", ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "none")
+    Console().print(t)

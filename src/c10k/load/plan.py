@@ -1,0 +1,192 @@
+"""Before a single connect: how many processes, which source addresses, will it fit?
+
+``plan_load`` checks the machine's limits (descriptors per process, ephemeral
+ports per source address, memory) and either returns a plan that says what the
+run will do, or raises ``C10kError`` with a one-line reason why it cannot.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from c10k.errors import C10kError, UsageError
+from c10k.limits import ephemeral_ports, memory_available_bytes, raise_nofile, somaxconn
+
+__all__ = ["LoadPlan", "ProcessShare", "plan_load", "resolve", "plan_source_addresses"]
+
+#: descriptors a load process keeps for itself (std streams, epoll, result files, ...)
+FD_RESERVE = 64
+#: keep each process this far under RLIMIT_NOFILE
+FD_HEADROOM = 0.8
+#: use at most this share of a source address's ephemeral ports toward one destination
+PORT_HEADROOM = 0.9
+#: from 'large run' on, at least one process per CPU
+LARGE_RUN = 2000
+#: measured here: ~5 KB of kernel memory per loopback socket
+KERNEL_BYTES_PER_SOCKET = 5 * 1024
+#: Python-side bookkeeping per connection (lists, socket object, row)
+USER_BYTES_PER_CONNECTION = 2 * 1024
+PROCESS_BYTES = 40 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProcessShare:
+    """Connections ``first .. first + connections - 1`` run in process ``index``."""
+
+    index: int
+    first: int
+    connections: int
+
+
+@dataclass
+class LoadPlan:
+    """What a run will do; ``describe()`` says it in one line."""
+
+    host: str
+    port: int
+    family: int
+    address: tuple
+    connections: int
+    processes: int
+    shares: list[ProcessShare]
+    sources: list[str]
+    nofile: int
+    ports_per_source: int
+    memory_bytes: int
+    memory_available: int
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        per = math.ceil(self.connections / self.processes)
+        src = "kernel-chosen source address"
+        if self.sources:
+            src = (f"source {self.sources[0]}" if len(self.sources) == 1
+                   else f"{len(self.sources)} source addresses {self.sources[0]}..{self.sources[-1]}")
+        text = (f"plan: {self.connections} connection(s) to {self.address[0]}:{self.port} in "
+                f"{self.processes} process(es) (<= {per} each, RLIMIT_NOFILE {self.nofile}), {src}, "
+                f"~{self.memory_bytes / 2**20:.0f} MiB of {self.memory_available / 2**20:.0f} MiB available")
+        return "; ".join([text, *self.notes])
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "processes": self.processes, "sources": self.sources, "nofile": self.nofile,
+            "ports_per_source": self.ports_per_source, "memory_bytes": self.memory_bytes,
+            "memory_available": self.memory_available, "notes": self.notes,
+            "shares": [[s.first, s.connections] for s in self.shares],
+        }
+
+
+def resolve(host: str, port: int) -> tuple[int, tuple]:
+    """(family, sockaddr) of ``host``; UsageError when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"unknown host {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)  # prefer IPv4, as the servers listen on it
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def plan_source_addresses(address: str, family: int, connections: int, explicit: Sequence[str] = (),
+                          ports: int | None = None) -> list[str]:
+    """Source addresses enough for ``connections`` toward one destination.
+
+    Explicit addresses are checked and kept; otherwise none are needed while one
+    address's ephemeral ports suffice, and beyond that a loopback target gets
+    127.0.0.2, 127.0.0.3, ... (all of 127/8 is loopback on Linux). A remote target
+    needs ``--source-ip``.
+    """
+    usable = int((ports or ephemeral_ports()) * PORT_HEADROOM)
+    if explicit:
+        for ip in explicit:
+            try:
+                ver = ipaddress.ip_address(ip).version
+            except ValueError:
+                raise UsageError(f"--source-ip {ip!r} is not an IP address") from None
+            if (ver == 4) != (family == socket.AF_INET):
+                raise UsageError(f"--source-ip {ip} is not of the target's address family")
+        if connections > usable * len(explicit):
+            raise C10kError(
+                f"{connections} connections need {math.ceil(connections / usable)} source addresses "
+                f"(~{usable} ports each toward one destination) but --source-ip gives {len(explicit)}")
+        return list(explicit)
+    if connections <= usable:
+        return []
+    needed = math.ceil(connections / usable)
+    if family != socket.AF_INET or not _is_loopback(address):
+        raise C10kError(
+            f"{connections} connections need {needed} source addresses (~{usable} ephemeral ports each "
+            f"toward {address}); give them with --source-ip")
+    base = int(ipaddress.IPv4Address("127.0.0.2"))
+    return [str(ipaddress.IPv4Address(base + k)) for k in range(needed)]
+
+
+def plan_load(host: str, port: int, connections: int, *, processes: int | None = None,
+              source_ips: Sequence[str] = (), samples: int = 0, cpus: int | None = None) -> LoadPlan:
+    """Check the limits for a run and decide processes and source addresses.
+
+    Args:
+        host, port: the echo server.
+        connections: how many connections, all open at once.
+        processes: load processes; None picks enough to stay well under
+            RLIMIT_NOFILE, and at least one per CPU for large runs.
+        source_ips: explicit source addresses (required past one address's ports
+            toward a remote target).
+        samples: how many round trips will be kept (for the memory estimate).
+
+    Raises:
+        UsageError: the host does not resolve, or the numbers make no sense.
+        C10kError: the machine cannot do it (descriptors, ports or memory).
+    """
+    if connections < 1:
+        raise UsageError("connections must be at least 1")
+    family, address = resolve(host, port)
+    nofile = raise_nofile()
+    per_process = max(1, int(nofile * FD_HEADROOM) - FD_RESERVE)
+    needed = math.ceil(connections / per_process)
+    cpus = cpus or len(os.sched_getaffinity(0))
+    if processes is None:
+        processes = max(needed, min(cpus, connections) if connections >= LARGE_RUN else 1)
+    elif processes < 1:
+        raise UsageError("--processes must be at least 1")
+    elif processes > connections:
+        raise UsageError(f"--processes {processes} is more than the {connections} connection(s)")
+    elif math.ceil(connections / processes) + FD_RESERVE > nofile:
+        raise C10kError(
+            f"{math.ceil(connections / processes)} connections per process exceed RLIMIT_NOFILE {nofile}; "
+            f"use --processes {needed} or more")
+    ports = ephemeral_ports()
+    sources = plan_source_addresses(address[0], family, connections, source_ips, ports)
+    loopback = _is_loopback(address[0])
+    memory = (connections * KERNEL_BYTES_PER_SOCKET * (2 if loopback else 1)
+              + connections * USER_BYTES_PER_CONNECTION + processes * PROCESS_BYTES + samples * 8 * 4)
+    available = memory_available_bytes()
+    if available and memory > available * 0.9:
+        raise C10kError(
+            f"the run needs ~{memory / 2**30:.1f} GiB (sockets and samples) but only "
+            f"{available / 2**30:.1f} GiB is available; use fewer connections or messages")
+    shares = []
+    first = 0
+    for k in range(processes):
+        n = connections // processes + (1 if k < connections % processes else 0)
+        shares.append(ProcessShare(k, first, n))
+        first += n
+    notes = []
+    backlog = somaxconn()
+    if connections > backlog:
+        notes.append(f"connects are capped in flight because listen backlogs stop at somaxconn {backlog}")
+    return LoadPlan(host=host, port=port, family=family, address=address, connections=connections,
+                    processes=processes, shares=shares, sources=sources, nofile=nofile,
+                    ports_per_source=ports, memory_bytes=memory, memory_available=available, notes=notes)

@@ -1,0 +1,236 @@
+"""Raw samples from every load process -> exact statistics, summary.json, connections.csv.
+
+Latencies stay raw (int64 nanoseconds) until the very end: percentiles come from
+``numpy.percentile`` over the union of all processes' samples, never from buckets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ProcessResult",
+    "LoadResult",
+    "latency_summary_us",
+    "per_connection_stats",
+    "merge_results",
+    "write_results",
+    "CSV_COLUMNS",
+]
+
+#: (key in summary["latency_us"], percentile or None for min/mean/max)
+LATENCY_KEYS = ("min", "mean", "p50", "p90", "p99", "p999", "max")
+_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+CSV_COLUMNS = (
+    "connection", "source", "messages", "bytes", "connect_us",
+    "min_us", "mean_us", "p50_us", "p99_us", "max_us", "error", "sent", "process",
+)
+
+_COUNTERS = (
+    "established", "completed", "failed", "peak_open", "sent", "echoed", "mismatched",
+    "bytes_sent", "bytes_echoed", "connect_start_ns", "connect_end_ns",
+    "message_start_ns", "message_end_ns",
+)
+
+
+@dataclass
+class ProcessResult:
+    """What one load process measured, with connection indices local to it."""
+
+    index: int
+    first: int  # global number of this process's first connection
+    latency_ns: np.ndarray  # int64, one per byte-exact echo
+    sample_conn: np.ndarray  # int32 local connection of each sample
+    connect_us: np.ndarray  # float64 per connection, NaN when never established
+    echoed: np.ndarray  # int64 byte-exact echoes per connection
+    sent: np.ndarray  # int64 messages sent per connection
+    errors: list[str]  # '' when the connection completed
+    sources: list[str]  # local ip:port of each connection ('' when it never got one)
+    counters: dict[str, int] = field(default_factory=dict)
+    pid: int = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self.errors)
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path,
+            latency_ns=self.latency_ns, sample_conn=self.sample_conn, connect_us=self.connect_us,
+            echoed=self.echoed, sent=self.sent,
+            errors=np.array(self.errors, dtype=str), sources=np.array(self.sources, dtype=str),
+            meta=np.array(json.dumps({"index": self.index, "first": self.first, "pid": self.pid,
+                                      "counters": self.counters})),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> ProcessResult:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return cls(
+                index=meta["index"], first=meta["first"], pid=meta["pid"], counters=meta["counters"],
+                latency_ns=z["latency_ns"], sample_conn=z["sample_conn"], connect_us=z["connect_us"],
+                echoed=z["echoed"], sent=z["sent"],
+                errors=[str(e) for e in z["errors"]], sources=[str(s) for s in z["sources"]],
+            )
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else round(float(x), 3)
+
+
+def latency_summary_us(latency_ns: np.ndarray) -> dict[str, float | None]:
+    """min, mean, p50, p90, p99, p999, max in microseconds; None for every key when empty."""
+    if latency_ns.size == 0:
+        return {k: None for k in LATENCY_KEYS}
+    lat = latency_ns.astype(np.float64) / 1000.0
+    pct = np.percentile(lat, list(_PERCENTILES.values()))
+    out: dict[str, float | None] = {"min": float(lat.min()), "mean": float(lat.mean())}
+    out.update({k: float(v) for k, v in zip(_PERCENTILES, pct)})
+    out["max"] = float(lat.max())
+    return {k: round(out[k], 3) for k in LATENCY_KEYS}  # type: ignore[arg-type]
+
+
+def per_connection_stats(conn: np.ndarray, latency_ns: np.ndarray, connections: int) -> dict[str, np.ndarray]:
+    """min/mean/p50/p99/max (us) per connection, NaN where a connection has no sample.
+
+    Percentiles interpolate linearly inside each connection's sorted samples, the
+    same definition as numpy.percentile's default.
+    """
+    nan = np.full(connections, np.nan)
+    if latency_ns.size == 0:
+        return {k: nan.copy() for k in ("min", "mean", "p50", "p99", "max")}
+    conn = conn.astype(np.int64)
+    lat = latency_ns.astype(np.int64)
+    shift = max(int(connections - 1).bit_length(), 1)
+    if int(lat.max()) < (1 << (62 - shift)) and int(lat.min()) >= 0:
+        order = np.argsort((conn << (62 - shift)) | lat, kind="stable")
+    else:
+        order = np.lexsort((lat, conn))
+    s = lat[order].astype(np.float64) / 1000.0
+    counts = np.bincount(conn, minlength=connections)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    has = counts > 0
+    out = {k: nan.copy() for k in ("min", "mean", "p50", "p99", "max")}
+    st, ct = starts[has], counts[has]
+    out["min"][has] = s[st]
+    out["max"][has] = s[st + ct - 1]
+    out["mean"][has] = np.bincount(conn, weights=lat.astype(np.float64), minlength=connections)[has] / ct / 1000
+    for key, q in (("p50", 0.5), ("p99", 0.99)):
+        pos = st + (ct - 1) * q
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.ceil(pos).astype(np.int64)
+        out[key][has] = s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return out
+
+
+@dataclass
+class LoadResult:
+    """The merged outcome of a run: the summary dict (the contract) and rows for the CSV."""
+
+    summary: dict[str, Any]
+    rows: list[list[Any]]
+    latency_ns: np.ndarray
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.summary["ok"])
+
+
+def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested: int,
+                  extra: dict[str, Any] | None = None) -> LoadResult:
+    """Merge every process's raw results into one summary and one row per connection."""
+    parts = sorted(parts, key=lambda p: p.first)
+    lat = np.concatenate([p.latency_ns for p in parts]) if parts else np.zeros(0, np.int64)
+    total = Counter({k: 0 for k in _COUNTERS})
+    for p in parts:
+        for k in ("established", "completed", "failed", "peak_open", "sent", "echoed", "mismatched",
+                  "bytes_sent", "bytes_echoed"):
+            total[k] += int(p.counters.get(k, 0))
+
+    def span(start: str, end: str) -> float:
+        starts = [p.counters[start] for p in parts if p.counters.get(start, 0) > 0]
+        ends = [p.counters[end] for p in parts if p.counters.get(end, 0) > 0]
+        return max(0.0, (max(ends) - min(starts)) / 1e9) if starts and ends else 0.0
+
+    connect_s = span("connect_start_ns", "connect_end_ns")
+    elapsed_s = span("message_start_ns", "message_end_ns")
+    errors: Counter[str] = Counter()
+    for p in parts:
+        errors.update(e for e in p.errors if e)
+    missing = requested - sum(p.connections for p in parts)
+    if missing > 0:
+        errors["not_started"] += missing
+    completed = total["completed"]
+    summary: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "connections": {
+            "requested": requested,
+            "established": total["established"],
+            "completed": completed,
+            "failed": requested - completed,
+            "peak_open": total["peak_open"],
+        },
+        "messages": {"sent": total["sent"], "echoed": total["echoed"], "mismatched": total["mismatched"]},
+        "bytes": {"sent": total["bytes_sent"], "echoed": total["bytes_echoed"]},
+        "errors": dict(sorted(errors.items())),
+        "connect_s": round(connect_s, 6),
+        "elapsed_s": round(elapsed_s, 6),
+        "messages_per_s": round(total["echoed"] / elapsed_s, 3) if elapsed_s > 0 else 0.0,
+        "latency_us": latency_summary_us(lat),
+    }
+    summary["ok"] = bool(completed == requested and not errors and total["mismatched"] == 0)
+    summary["processes"] = [
+        {
+            "index": p.index, "pid": p.pid, "first": p.first, "connections": p.connections,
+            "established": int(p.counters.get("established", 0)), "echoed": int(p.counters.get("echoed", 0)),
+            "connect_s": round(max(0, p.counters.get("connect_end_ns", 0) - p.counters.get("connect_start_ns", 0))
+                               / 1e9, 6),
+            "elapsed_s": round(max(0, p.counters.get("message_end_ns", 0) - p.counters.get("message_start_ns", 0))
+                               / 1e9, 6),
+        }
+        for p in parts
+    ]
+    for row in summary["processes"]:
+        row["messages_per_s"] = round(row["echoed"] / row["elapsed_s"], 3) if row["elapsed_s"] > 0 else 0.0
+    if extra:
+        summary.update(extra)
+
+    rows: list[list[Any]] = []
+    for p in parts:
+        stats = per_connection_stats(p.sample_conn, p.latency_ns, p.connections)
+        cols = [stats[k].round(3).tolist() for k in ("min", "mean", "p50", "p99", "max")]
+        connect = p.connect_us.round(3).tolist()
+        ml = int(p.counters.get("message_bytes", 0))
+        echoed, sent = p.echoed.tolist(), p.sent.tolist()
+        for j in range(p.connections):
+            rows.append([p.first + j, p.sources[j], echoed[j], echoed[j] * ml, _blank(connect[j]),
+                         *(_blank(c[j]) for c in cols), p.errors[j], sent[j], p.index])
+    return LoadResult(summary=summary, rows=rows, latency_ns=lat)
+
+
+def _blank(x: float) -> float | str:
+    return "" if math.isnan(x) else x
+
+
+def write_results(result: LoadResult, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write DIR/summary.json and DIR/connections.csv; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path, csv_path = out / "summary.json", out / "connections.csv"
+    summary_path.write_text(json.dumps(result.summary, indent=2) + "\n")
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        w.writerows(result.rows)
+    return summary_path, csv_path
