@@ -1,0 +1,118 @@
+"""Study matrices: the seed reproduces the original's cases, quick stays small, TOML parses strictly."""
+
+from __future__ import annotations
+
+import pytest
+
+from c10k.errors import UsageError
+from c10k.study.cases import (
+    SERVERS,
+    filter_servers,
+    load_matrix,
+    matrix_from_toml,
+    quick_matrix,
+    seed_matrix,
+)
+
+ORIGINAL = [
+    ("select", 1, "passed"), ("select", 1000, "passed"), ("select", 2000, "failed"),
+    ("threaded", 1, "passed"), ("threaded", 10000, "passed"), ("threaded", 30000, "passed"),
+    ("threaded", 35000, "failed"), ("epoll", 1, "passed"), ("epoll", 10000, "passed"),
+    ("epoll", 40000, "passed"), ("epoll", 45000, "passed"), ("epoll", 100000, "passed"),
+]
+
+
+def test_seed_starts_with_the_original_twelve_cases_in_order():
+    cases = seed_matrix().cases
+    assert [(c.server, c.connections, c.original) for c in cases[:12]] == ORIGINAL
+    assert [c.number for c in cases] == list(range(1, len(cases) + 1))
+    assert all(c.messages == 100 and c.message == "Gary's spamming" for c in cases)
+    assert len(cases[0].message.encode()) == 15
+
+
+def test_seed_runs_the_new_architectures_on_the_merged_ladder():
+    cases = seed_matrix().cases[12:]
+    ladder = [1, 1000, 2000, 10000, 30000, 35000, 40000, 45000, 100000]
+    for server in ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop"):
+        assert [c.connections for c in cases if c.server == server] == ladder
+        assert all(c.original is None for c in cases if c.server == server)
+    assert set(seed_matrix().servers) == set(SERVERS)
+
+
+def test_quick_covers_every_server_and_keeps_select_2000():
+    quick = quick_matrix()
+    assert set(quick.servers) == set(SERVERS)
+    select_2000 = [c for c in quick.cases if (c.server, c.connections) == ("select", 2000)]
+    assert len(select_2000) == 1 and select_2000[0].original == "failed"
+    assert max(c.connections for c in quick.cases) <= 2000
+
+
+def test_scenario_uses_the_originals_wording():
+    cases = seed_matrix().cases
+    assert cases[0].scenario == "1 client connecting to select server"
+    assert cases[4].scenario == "10000 clients connecting to multithreaded server"
+
+
+def test_toml_matrix_expands_servers_and_counts_in_file_order():
+    m = matrix_from_toml(
+        """
+        name = "mine"
+        messages = 7
+        [[case]]
+        server = ["select", "poll"]
+        connections = [1, 50]
+        [[case]]
+        server = "epoll"
+        connections = 10
+        messages = 3
+        message = "hi"
+        timeout = 20
+        """
+    )
+    assert m.name == "mine"
+    got = [(c.number, c.server, c.connections, c.messages) for c in m.cases]
+    assert got == [(1, "select", 1, 7), (2, "select", 50, 7), (3, "poll", 1, 7), (4, "poll", 50, 7),
+                   (5, "epoll", 10, 3)]
+    assert m.cases[-1].message == "hi" and m.cases[-1].timeout_s == 20.0
+    assert m.cases[0].message == "Gary's spamming" and m.cases[0].timeout_s is None
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("not toml [", "not valid TOML"),
+        ("name = 'x'", "at least one [[case]]"),
+        ("[[case]]\nserver = 'nginx'\nconnections = 1", "unknown server 'nginx'"),
+        ("[[case]]\nserver = 'poll'\nconnections = 0", "connections must be a positive integer"),
+        ("[[case]]\nserver = 'poll'\nconnections = [1, 'x']", "connections must be a positive integer"),
+        ("[[case]]\nserver = 'poll'", "needs server and connections"),
+        ("[[case]]\nserver = 'poll'\nconnections = 1\nconections = 2", "unknown key(s) conections"),
+        ("[[case]]\nserver = 'poll'\nconnections = 1\ntimeout = -1", "timeout must be a positive"),
+        ("messages = 0\n[[case]]\nserver = 'poll'\nconnections = 1", "messages must be a positive"),
+    ],
+)
+def test_toml_matrix_errors_say_what_is_wrong(text, words):
+    with pytest.raises(UsageError) as err:
+        matrix_from_toml(text)
+    assert words in str(err.value)
+
+
+def test_load_matrix_reads_names_and_files(tmp_path):
+    assert load_matrix("seed").name == "seed"
+    assert load_matrix("quick").name == "quick"
+    path = tmp_path / "small.toml"
+    path.write_text("[[case]]\nserver = 'asyncio'\nconnections = 5\n")
+    m = load_matrix(str(path))
+    assert m.name == "small" and [(c.server, c.connections) for c in m.cases] == [("asyncio", 5)]
+    with pytest.raises(UsageError, match="neither seed, quick nor a readable TOML file"):
+        load_matrix(str(tmp_path / "missing.toml"))
+
+
+def test_filter_servers_keeps_numbers_and_rejects_unknown_names():
+    m = filter_servers(seed_matrix(), ["select", "epoll"])
+    assert [c.number for c in m.cases] == [1, 2, 3, 8, 9, 10, 11, 12]
+    assert m.servers == ("select", "epoll")
+    with pytest.raises(UsageError, match="unknown server"):
+        filter_servers(seed_matrix(), ["apache"])
+    with pytest.raises(UsageError, match="has no such cases"):
+        filter_servers(matrix_from_toml("[[case]]\nserver='poll'\nconnections=1"), ["select"])

@@ -1,0 +1,116 @@
+"""Verdicts from fabricated evidence: each failure is named for its cause, in plain words."""
+
+from __future__ import annotations
+
+from c10k.study.verdict import PASSED_RESULT, Evidence, decide
+
+
+def clean_summary(n: int, messages: int = 100, **errors: int) -> dict:
+    failed = sum(errors.values())
+    return {
+        "connections": {"requested": n, "established": n, "completed": n - failed, "failed": failed,
+                        "peak_open": n},
+        "messages": {"sent": n * messages, "echoed": n * messages - failed, "mismatched": 0},
+        "errors": errors,
+    }
+
+
+def test_all_echoes_back_and_a_clean_stop_passes():
+    ev = Evidence(connections=1000, summary=clean_summary(1000), stats={"accepted": 1000})
+    assert decide(ev) == ("passed", PASSED_RESULT)
+
+
+def test_select_refusals_name_fd_setsize_and_count():
+    ev = Evidence(connections=2000, load_status=1, summary=clean_summary(2000, reset=977),
+                  stats={"accepted": 2000, "refused": {"fd_setsize": 977}})
+    status, reason = decide(ev)
+    assert status == "failed"
+    assert reason.startswith("select() cannot watch descriptors >= FD_SETSIZE (1024): "
+                             "977 of 2000 connections refused")
+    assert "977 reset" in reason
+
+
+def test_descriptor_limit_from_the_stats_file():
+    ev = Evidence(connections=30000, nofile=20000, load_status=1, summary=clean_summary(30000, reset=10010),
+                  stats={"refused": {"descriptor_limit": 10010}})
+    status, reason = decide(ev)
+    assert status == "failed"
+    assert reason.startswith("process descriptor limit (20000) reached: 10010 of 30000 connections refused")
+
+
+def test_descriptor_limit_seen_only_by_the_sampler():
+    ev = Evidence(connections=30000, nofile=20000, load_status=1, summary=clean_summary(30000, timeout=10000),
+                  usage={"peak_fds_per_process": 19998})
+    status, reason = decide(ev)
+    assert status == "failed"
+    assert reason.startswith("process descriptor limit (20000) reached: a server process held 19998")
+
+
+def test_threads_that_cannot_start_are_named_from_stderr():
+    ev = Evidence(connections=35000, load_status=1, summary=clean_summary(35000, reset=3000),
+                  stderr_tail=["Traceback (most recent call last):", "RuntimeError: can't start new thread"])
+    assert decide(ev)[1].startswith("threads could not start")
+
+
+def test_server_that_dies_during_the_load():
+    ev = Evidence(connections=10, exit_status=1, exited_early=True, load_status=1,
+                  summary=clean_summary(10, reset=10),
+                  stderr_tail=["Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: boom"])
+    status, reason = decide(ev)
+    assert status == "failed"
+    assert reason.startswith("server exited with status 1 during the load (ValueError: boom)")
+
+
+def test_server_killed_by_a_signal_says_which():
+    ev = Evidence(connections=10, exit_status=-9, exited_early=True, load_status=1, summary=None)
+    assert "server was killed by SIGKILL during the load" in decide(ev)[1]
+
+
+def test_load_stopped_by_the_runner_is_a_timeout():
+    ev = Evidence(connections=100, load_status=None, load_timed_out=True, load_timeout_s=61, summary=None)
+    status, reason = decide(ev)
+    assert status == "failed"
+    assert reason.startswith("timeouts")
+    assert "did not finish within 61 s" in reason
+
+
+def test_client_timeouts_alone_are_timeouts():
+    ev = Evidence(connections=100, load_status=1, summary=clean_summary(100, timeout=40))
+    assert decide(ev)[1].startswith("timeouts: the server stopped answering in time (client: 40 timeout)")
+
+
+def test_server_that_never_listens():
+    ev = Evidence(connections=1, started=False, exit_status=1, load_status=None,
+                  stderr_tail=["c10k serve: error: address 127.0.0.1:7000 in use"])
+    status, reason = decide(ev)
+    assert status == "failed"
+    assert reason == "server did not start: it exited with status 1 (c10k serve: error: address 127.0.0.1:7000 in use)"
+
+
+def test_clean_load_but_a_bad_stop_still_fails():
+    killed = Evidence(connections=5, summary=clean_summary(5), killed=True, exit_status=-9)
+    assert decide(killed) == ("failed", "server did not stop on SIGTERM and was killed (all echoes were correct)")
+    status1 = Evidence(connections=5, summary=clean_summary(5), exit_status=1)
+    assert decide(status1)[1].startswith("server exited with status 1 when stopped")
+
+
+def test_a_mismatched_echo_fails_even_with_exit_zero():
+    s = clean_summary(5)
+    s["messages"]["mismatched"] = 2
+    status, reason = decide(Evidence(connections=5, summary=s))
+    assert status == "failed" and "2 mismatch" in reason
+
+
+def test_missing_connections_fail():
+    s = clean_summary(5)
+    s["connections"]["established"] = 3
+    status, reason = decide(Evidence(connections=5, summary=s, load_status=1))
+    assert status == "failed" and "3 of 5 connections established" in reason
+
+
+def test_several_refusal_kinds_are_all_reported():
+    ev = Evidence(connections=100, load_status=1, summary=clean_summary(100, reset=30),
+                  stats={"refused": {"thread_start": 10, "max_connections": 20}})
+    reason = decide(ev)[1]
+    assert "threads could not start: 10 of 100 connections refused" in reason
+    assert "--max-connections cap was reached: 20 of 100" in reason
