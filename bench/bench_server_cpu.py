@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Server CPU per echoed message, against the C reference server, side by side.
+
+Runs ../shared/anchors/measure.py server-cpu for each architecture asked for
+(default: `c10k serve epoll --workers 1`, the figure issue 2 sets a goal on:
+at most 1.10 x the reference, median of 5 rounds) and saves the ratios with a
+description of the machine in bench/results/server_cpu.json.
+
+    python bench/bench_server_cpu.py [--rounds 5] [--arch epoll asyncio ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ANCHORS = Path(os.environ.get("C10K_ANCHORS", ROOT.parent / "shared" / "anchors"))
+VARIANTS = {
+    "epoll": ["serve", "epoll", "--workers", "1"],
+    "epoll-threads": ["serve", "epoll", "--workers", "1", "--worker-mode", "thread"],
+    "epoll-reuseport": ["serve", "epoll", "--workers", "1", "--balance", "reuseport"],
+    "poll": ["serve", "poll"],
+    "select": ["serve", "select"],
+    "threaded": ["serve", "threaded"],
+    "asyncio": ["serve", "asyncio"],
+    "uvloop": ["serve", "uvloop"],
+}
+
+
+def measure(variant: str, rounds: int) -> dict:
+    c10k = str(Path(sys.executable).with_name("c10k"))
+    cmd = [sys.executable, str(ANCHORS / "measure.py"), "server-cpu", "--rounds", str(rounds), "--",
+           c10k, *VARIANTS[variant], "-p", "{port}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    print(out.stdout, end="", flush=True)
+    if out.returncode != 0:
+        raise SystemExit(f"measure.py failed for {variant}: {out.stderr.strip()[-500:]}")
+    rows = re.findall(r"reference ([\d.]+) us/msg, candidate ([\d.]+) us/msg, ratio ([\d.]+)", out.stdout)
+    median = float(re.search(r"median ratio candidate/reference = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
+    return {"median_ratio": median,
+            "rounds": [{"reference_us": float(a), "candidate_us": float(b), "ratio": float(c)} for a, b, c in rows]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--arch", nargs="+", default=["epoll"], choices=list(VARIANTS))
+    args = ap.parse_args()
+    if not (ANCHORS / "measure.py").exists():
+        raise SystemExit(f"no reference programs at {ANCHORS} (set C10K_ANCHORS)")
+    results = {}
+    for variant in args.arch:
+        print(f"== {variant}", flush=True)
+        results[variant] = measure(variant, args.rounds)
+    out = HERE / "results" / "server_cpu.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                                           "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+                               "results": results}, indent=1))
+    for variant, r in results.items():
+        print(f"{variant:16} median ratio {r['median_ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
