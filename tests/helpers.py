@@ -492,6 +492,9 @@ def drive(convs: Sequence[Conversation], timeout: float = 60.0, on_tick=None) ->
     live = 0
     for c in convs:
         c.sock.setblocking(False)
+        if not c.chunks and not c.half_close:
+            c.done = True  # nothing to send, nothing to wait for
+            continue
         c._not_before = start + (c.pauses[0] if c.pauses else 0.0)
         sel.register(c.sock, selectors.EVENT_READ, c)
         live += 1

@@ -301,6 +301,7 @@ def _run_then_stop(server, pingers, warmed):
                 p.on_readable()
                 if p.finished:
                     sel.unregister(p.sock)
+                    p.sock.close()  # as a client does at EOF: the server's drain ends
                     live -= 1
             for p in pingers:
                 if p.pending and not p.finished:
