@@ -28,6 +28,7 @@ def test_select_refusals_name_fd_setsize_and_count():
     assert reason.startswith("select() cannot watch descriptors >= FD_SETSIZE (1024): "
                              "977 of 2000 connections refused")
     assert "977 reset" in reason
+    assert "(client: 977 reset)" in reason
 
 
 def test_descriptor_limit_from_the_stats_file():
@@ -76,7 +77,7 @@ def test_load_stopped_by_the_runner_is_a_timeout():
 
 def test_client_timeouts_alone_are_timeouts():
     ev = Evidence(connections=100, load_status=1, summary=clean_summary(100, timeout=40))
-    assert decide(ev)[1].startswith("timeouts: the server stopped answering in time (client: 40 timeout)")
+    assert decide(ev)[1].startswith("timeouts: the server stopped answering in time (client: 40 timed out)")
 
 
 def test_server_that_never_listens():
@@ -98,7 +99,7 @@ def test_a_mismatched_echo_fails_even_with_exit_zero():
     s = clean_summary(5)
     s["messages"]["mismatched"] = 2
     status, reason = decide(Evidence(connections=5, summary=s))
-    assert status == "failed" and "2 mismatch" in reason
+    assert status == "failed" and "2 mismatched" in reason
 
 
 def test_missing_connections_fail():

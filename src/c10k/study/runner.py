@@ -50,8 +50,6 @@ __all__ = [
 ]
 
 _LISTENING = re.compile(r"^listening on (?P<host>.+):(?P<port>\d+)\s*$")
-_START_TIMEOUT_S = 30.0
-_STOP_GRACE_S = 15.0
 
 
 @dataclass
@@ -67,6 +65,8 @@ class Commands:
     python: str = sys.executable
     host: str = "127.0.0.1"
     shutdown_timeout_s: float = 5.0
+    start_timeout_s: float = 30.0
+    stop_grace_s: float = 15.0
 
     def workers(self, case: Case) -> int | None:
         """Worker processes for the process-based epoll servers.
@@ -278,6 +278,7 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
     ev = Evidence(connections=case.connections, nofile=limits.nofile_limits()[1])
     usage = Usage()
     server: subprocess.Popen[bytes] | None = None
+    pump: threading.Thread | None = None
     load: subprocess.Popen[bytes] | None = None
     sampler: ProcessTreeSampler | None = None
     try:
@@ -285,11 +286,15 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
             server = subprocess.Popen(commands.server(case, stats_file), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=err, start_new_session=True)
         lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump_lines, args=(server.stdout, lines), daemon=True).start()
-        address = _wait_listening(lines, _START_TIMEOUT_S)
+        pump = threading.Thread(target=_pump_lines, args=(server.stdout, lines), daemon=True)
+        pump.start()
+        address = _wait_listening(lines, commands.start_timeout_s)
         if address is None:
             ev.started = False
-            ev.exit_status = server.poll()
+            try:
+                ev.exit_status = server.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                ev.exit_status = None
         else:
             host, port = address
             sampler = ProcessTreeSampler(server.pid)
@@ -305,11 +310,17 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
                 _kill_group(load)
                 ev.load_status = None
             usage = sampler.stop()
+            if ev.load_status != 0:
+                # A server that crashed made the load fail; give its exit a moment to be seen.
+                try:
+                    server.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
             ev.exited_early = server.poll() is not None
             if not ev.exited_early:
                 server.send_signal(signal.SIGTERM)
                 try:
-                    server.wait(timeout=commands.shutdown_timeout_s + _STOP_GRACE_S)
+                    server.wait(timeout=commands.shutdown_timeout_s + commands.stop_grace_s)
                 except subprocess.TimeoutExpired:
                     ev.killed = True
             ev.exit_status = server.returncode
@@ -318,8 +329,12 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
             _kill_group(load)
         if server is not None:
             _kill_group(server)
-            if ev.started and not ev.killed and ev.exit_status is None:
+            if ev.started and ev.exit_status is None:
                 ev.exit_status = server.returncode
+            if pump is not None:
+                pump.join(timeout=5)  # EOF comes once every process holding the pipe is gone
+            if server.stdout is not None and (pump is None or not pump.is_alive()):
+                server.stdout.close()
         if sampler is not None:
             _kill_leftovers(sampler.known_processes())
     ev.stderr_tail = _tail(server_log)

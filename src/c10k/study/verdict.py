@@ -120,6 +120,16 @@ def _stderr_causes(ev: Evidence) -> list[str]:
     return found
 
 
+# The load's error keys, in words.
+_ERROR_WORDS = {
+    "closed_early": "closed by the server before their echoes",
+    "reset": "reset",
+    "timeout": "timed out",
+    "ECONNREFUSED": "refused at connect",
+    "mismatch": "mismatched",
+}
+
+
 def _client_symptoms(ev: Evidence) -> list[str]:
     s = ev.summary
     if s is None:
@@ -131,12 +141,10 @@ def _client_symptoms(ev: Evidence) -> list[str]:
         out.append(f"{established} of {ev.connections} connections established")
     errors = {k: v for k, v in (s.get("errors") or {}).items() if v}
     for key, count in sorted(errors.items(), key=lambda kv: -kv[1]):
-        out.append(f"{count} {key}")
+        out.append(f"{count} {_ERROR_WORDS.get(key, key)}")
     msgs = s.get("messages") or {}
-    if msgs.get("mismatched"):
-        mism = f"{msgs['mismatched']} mismatch"
-        if not any(o.endswith(" mismatch") for o in out):
-            out.append(mism)
+    if msgs.get("mismatched") and "mismatch" not in errors:
+        out.append(f"{msgs['mismatched']} mismatched")
     return out
 
 
