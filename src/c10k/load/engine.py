@@ -31,6 +31,7 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import errno
+import os
 import resource
 import select
 import socket
@@ -38,6 +39,7 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,8 +107,10 @@ class _Engine:
         self.t0 = [0] * size  # closed: send time of the outstanding message; connecting: connect start
         self.pos = [0] * size  # closed: next latency slot
         self.end = [0] * size  # closed: one past the last latency slot
-        self.rin: list[Callable[..., int] | None] = [None] * size
-        self.snd: list[Callable[..., int] | None] = [None] * size
+        # os.readv(fd, rv[fd]) reads into preallocated buffers: normally [rbuf] (one whole
+        # echo), [] (reads nothing, so the event leaves the fast path) before the first
+        # send, and [rest of the echo] after a partial read.
+        self.rv: list[list[Any]] = [[]] * size
         self.partial: dict[int, int] = {}  # fd -> bytes of the current echo already received
         self.pbuf: dict[int, bytearray] = {}
         self.outq: dict[int, bytes] = {}  # fd -> bytes still to send (the send buffer was full)
@@ -120,6 +124,7 @@ class _Engine:
         self.errors = [""] * n
         self.sources = [""] * n
         self.rbuf = bytearray(self.ml)
+        self.bufs = [self.rbuf]
         self.lat = array("q", bytes(8 * n * spec.count)) if not spec.rate else array("q")
         self.sample_conn = array("i")
         # counters
@@ -161,7 +166,7 @@ class _Engine:
     def _close(self, fd: int) -> None:
         s = self.sock[fd]
         self.sock[fd] = None
-        self.rin[fd] = self.snd[fd] = None
+        self.rv[fd] = []
         self.state[fd] = _FREE
         self.running.pop(fd, None)
         self.connecting.pop(fd, None)
@@ -268,9 +273,6 @@ class _Engine:
             pass
         self.established += 1
         self.state[fd] = _CONNECTED
-        # Until its first send, any data or EOF on the connection is an error.
-        self.rin[fd] = lambda _b, f=fd: self._idle_read(f)
-        self.snd[fd] = s.send
         self.ep.modify(fd, _EPOLLIN)
         self.established_fds.append(fd)
         if self.sending and not self.open_loop:
@@ -285,7 +287,7 @@ class _Engine:
         self.state[fd] = _RUNNING
         self.running[fd] = j
         self.pos[fd] = base = j * count
-        self.rin[fd] = self.sock[fd].recv_into  # type: ignore[union-attr]
+        self.rv[fd] = self.bufs
         self.end[fd] = base + count
         if not self.message_start_ns:
             self.message_start_ns = now
@@ -347,7 +349,7 @@ class _Engine:
                 self._open_read(fd)
             else:
                 try:
-                    n = self.rin[fd](self.rbuf)  # type: ignore[misc]
+                    n = os.readv(fd, self.rv[fd])
                 except BlockingIOError:
                     return
                 except OSError as exc:
@@ -355,22 +357,23 @@ class _Engine:
                     return
                 self._odd_read(fd, n)
 
-    def _idle_read(self, fd: int) -> int:
-        """Data or an error on a connection that has not sent anything yet; returns -1."""
+    def _idle_read(self, fd: int) -> None:
+        """Data or an error on a connection that has not sent anything yet."""
         try:
             n = self.sock[fd].recv_into(self.rbuf)  # type: ignore[union-attr]
         except BlockingIOError:
-            return -1
+            return
         except OSError as exc:
             self._fail(fd, _reason(exc), outstanding=False)
-            return -1
+            return
         self._fail(fd, "closed_early" if n == 0 else "unexpected_data", outstanding=False)
         self.extra_rx += n
-        return -1
 
     def _odd_read(self, fd: int, n: int) -> None:
         """A read that was not one whole byte-exact echo: partial, mismatched or EOF."""
         if self.state[fd] != _RUNNING:
+            if self.state[fd] == _CONNECTED:
+                self._idle_read(fd)
             return
         if n == 0:
             self._fail(fd, "closed_early")
@@ -384,18 +387,16 @@ class _Engine:
             buf = self.pbuf[fd] = bytearray(ml)
             buf[:n] = self.rbuf[:n]
             self.partial[fd] = n
-            s = self.sock[fd]
-            assert s is not None
-            view, part = memoryview(buf), self.partial
-            self.rin[fd] = lambda _b, r=s.recv_into, v=view, p=part, f=fd: r(v[p[f]:])
+            self.rv[fd] = [memoryview(buf)[n:]]
             return
         got += n
         if got < ml:
             self.partial[fd] = got
+            self.rv[fd] = [memoryview(self.pbuf[fd])[got:]]
             return
         del self.partial[fd]
         buf = self.pbuf.pop(fd)
-        self.rin[fd] = self.sock[fd].recv_into  # type: ignore[union-attr]
+        self.rv[fd] = self.bufs
         if buf != self.msg:
             self._mismatch(fd)
             return
@@ -418,9 +419,9 @@ class _Engine:
 
     def _run_closed(self) -> None:
         poll = self.ep.poll
-        rin, snd, t0, pos, end = self.rin, self.snd, self.t0, self.pos, self.end
+        rv, t0, pos, end = self.rv, self.t0, self.pos, self.end
         msg, ml, rbuf, lat = self.msg, self.ml, self.rbuf, self.lat
-        now = time.monotonic_ns
+        now, readv, write = time.monotonic_ns, os.readv, os.write
         slow, odd, queue, finish, tick = self._slow_event, self._odd_read, self._queue, self._finish, self._tick
         wait = 0.0
         while self.busy:
@@ -429,7 +430,7 @@ class _Engine:
                     slow(fd, ev)
                     continue
                 try:
-                    n = rin[fd](rbuf)  # type: ignore[misc]
+                    n = readv(fd, rv[fd])
                 except BlockingIOError:
                     continue
                 except OSError as exc:
@@ -446,7 +447,7 @@ class _Engine:
                 if i != end[fd]:
                     t0[fd] = t
                     try:
-                        k = snd[fd](msg)  # type: ignore[misc]
+                        k = write(fd, msg)
                     except BlockingIOError:
                         k = 0
                     except OSError as exc:
