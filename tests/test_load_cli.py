@@ -1,0 +1,118 @@
+"""`c10k load` usage errors (exit 2, one line, no traceback), the plan, the prompts."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from c10k.cli import main
+from c10k.errors import C10kError, UsageError
+from c10k.load import make_message
+from c10k.load.plan import plan_load, plan_source_addresses
+
+from test_load_faults import ThreadServer, echo
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-c", "0"],
+        ["-n", "-1"],
+        ["--size", "20", "-m", "hello"],
+        ["--size", "0"],
+        ["-m", ""],
+        ["--host", "no-such-host.invalid"],
+        ["-p", "0"],
+        ["-p", "70000"],
+        ["--processes", "0"],
+        ["--rate", "100"],
+        ["--duration", "2"],
+        ["--timeout", "0"],
+        ["--source-ip", "not-an-ip"],
+        ["-c", "2", "--processes", "3"],
+        ["-c", "many"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        status = main(["load", "--out", str(tmp_path / "out"), "-q", *argv])
+        raise SystemExit(status)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("c10k load: error: ")
+    assert all(line.startswith(("usage:", " ")) for line in err[:-1])  # argparse adds its usage
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_error_from_the_shell_has_no_traceback() -> None:
+    run = subprocess.run([sys.executable, "-m", "c10k", "load", "-c", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["c10k load: error: -c/--connections must be at least 1, not 0"]
+
+
+def test_plan_spreads_processes_and_sources() -> None:
+    plan = plan_load("127.0.0.1", 7000, 100_000, cpus=2)
+    assert plan.processes >= 7
+    assert all(s.connections + 64 < plan.nofile for s in plan.shares)
+    assert sum(s.connections for s in plan.shares) == 100_000
+    assert plan.sources[0] == "127.0.0.2" and len(plan.sources) >= 4
+    assert "100000 connection(s)" in plan.describe()
+    small = plan_load("localhost", 7000, 10, cpus=2)
+    assert small.processes == 1 and small.sources == []
+
+
+def test_plan_refuses_what_cannot_work() -> None:
+    with pytest.raises(C10kError, match="RLIMIT_NOFILE"):
+        plan_load("127.0.0.1", 7000, 30_000, processes=1)
+    with pytest.raises(C10kError, match="--source-ip"):
+        plan_source_addresses("192.0.2.1", socket.AF_INET, 100_000, ports=28_000)
+    with pytest.raises(C10kError, match="source addresses"):
+        plan_source_addresses("127.0.0.1", socket.AF_INET, 100_000, ["127.0.0.2"], ports=28_000)
+    with pytest.raises(UsageError, match="unknown host"):
+        plan_load("no-such-host.invalid", 7000, 1)
+    assert plan_source_addresses("192.0.2.1", socket.AF_INET, 50_000, ["10.0.0.1", "10.0.0.2"],
+                                 ports=28_000) == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_make_message_is_exact() -> None:
+    assert len(make_message(1)) == 1
+    assert len(make_message(100_000)) == 100_000
+
+
+def test_explicit_source_ip_is_used(tmp_path: Path) -> None:
+    srv = ThreadServer(echo)
+    try:
+        status = main(["load", "-p", str(srv.port), "-c", "3", "-n", "2", "--source-ip", "127.0.0.3",
+                       "--out", str(tmp_path), "-q"])
+    finally:
+        srv.close()
+    assert status == 0
+    rows = (tmp_path / "connections.csv").read_text().splitlines()[1:]
+    assert all(",127.0.0.3:" in row for row in rows)
+
+
+def test_prompts_when_no_arguments_on_a_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    srv = ThreadServer(echo)
+    answers = iter(["fifteen bytes!!", "3", "2"])
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(builtins, "input", lambda *a: next(answers))
+    monkeypatch.chdir(tmp_path)
+    import c10k.cli.load as cli_load
+
+    monkeypatch.setitem(cli_load.DEFAULTS, "port", srv.port)
+    try:
+        status = main(["load"])
+    finally:
+        srv.close()
+    assert status == 0
+    s = json.loads((tmp_path / "results" / "load" / "summary.json").read_text())
+    assert s["messages"]["echoed"] == 6 and s["message_bytes"] == 15
+    assert "6 echoed on 2/2 connections" in capsys.readouterr().out
