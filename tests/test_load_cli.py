@@ -15,7 +15,6 @@ from c10k.cli import main
 from c10k.errors import C10kError, UsageError
 from c10k.load import make_message
 from c10k.load.plan import plan_load, plan_source_addresses
-
 from test_load_faults import ThreadServer, echo
 
 

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from c10k.load import run_load, write_results
 from c10k.load.results import CSV_COLUMNS, ProcessResult, latency_summary_us, merge_results, per_connection_stats
-
 from test_load_faults import ThreadServer, echo
 
 REQUIRED_COLUMNS = "connection,source,messages,bytes,connect_us,min_us,mean_us,p50_us,p99_us,max_us,error"

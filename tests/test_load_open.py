@@ -1,0 +1,99 @@
+"""Open loop: round trips are timed from their scheduled send, so a stall shows in the tail."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from c10k.load import run_load
+
+# A single-threaded selectors echo server in its own process, so SIGSTOP freezes it.
+ECHO_SERVER = r"""
+import selectors, socket, sys, time
+sel = selectors.DefaultSelector()
+ls = socket.create_server(("127.0.0.1", 0))
+ls.setblocking(False)
+sel.register(ls, selectors.EVENT_READ)
+print("listening on 127.0.0.1:%d" % ls.getsockname()[1], flush=True)
+end = time.monotonic() + 60
+while time.monotonic() < end:
+    for key, _ in sel.select(0.5):
+        if key.fileobj is ls:
+            c, _ = ls.accept()
+            c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ)
+            continue
+        try:
+            data = key.fileobj.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            continue
+        key.fileobj.setblocking(True)
+        key.fileobj.sendall(data)
+        key.fileobj.setblocking(False)
+"""
+
+
+@pytest.fixture
+def echo_process() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        yield proc, int(line.rsplit(":", 1)[1])
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_open_loop_steady(echo_process: tuple[subprocess.Popen[str], int]) -> None:
+    _, port = echo_process
+    r = run_load("127.0.0.1", port, connections=4, rate=400, duration=1.0)
+    s = r.summary
+    assert r.ok, s["errors"]
+    assert s["mode"] == "open"
+    assert s["messages"]["sent"] == s["messages"]["echoed"] == 400
+    assert s["latency_us"]["p99"] == pytest.approx(np.percentile(r.latency_ns / 1000, 99), abs=1e-3)
+
+
+@pytest.mark.timeout(60)
+def test_open_loop_sees_a_one_second_stall(echo_process: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = echo_process
+    stopped = threading.Event()
+
+    def freeze() -> None:
+        os.kill(proc.pid, signal.SIGSTOP)
+        stopped.set()
+        threading.Timer(1.0, os.kill, (proc.pid, signal.SIGCONT)).start()
+
+    # The run connects in a few ms and then sends 500 msg/s for 3 s; the server
+    # is frozen from about 0.6 s to 1.6 s into it.
+    timer = threading.Timer(0.6, freeze)
+    timer.start()
+    try:
+        r = run_load("127.0.0.1", port, connections=5, rate=500, duration=3.0, timeout=10)
+    finally:
+        timer.cancel()
+        os.kill(proc.pid, signal.SIGCONT)
+    assert stopped.is_set()
+    s = r.summary
+    assert r.ok, s["errors"]
+    assert s["messages"]["echoed"] == 1500
+    assert s["latency_us"]["p99"] > 800_000
+    assert s["latency_us"]["max"] > 800_000
+    assert s["latency_us"]["p50"] < 800_000
