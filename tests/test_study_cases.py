@@ -31,7 +31,7 @@ def test_seed_starts_with_the_original_twelve_cases_in_order():
 
 
 def test_seed_runs_the_new_architectures_on_the_merged_ladder():
-    cases = seed_matrix().cases[12:]
+    cases = [c for c in seed_matrix().cases[12:] if not c.fixed_rate]
     ladder = [1, 1000, 2000, 10000, 30000, 35000, 40000, 45000, 100000]
     for server in ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop"):
         assert [c.connections for c in cases if c.server == server] == ladder
@@ -44,7 +44,20 @@ def test_quick_covers_every_server_and_keeps_select_2000():
     assert set(quick.servers) == set(SERVERS)
     select_2000 = [c for c in quick.cases if (c.server, c.connections) == ("select", 2000)]
     assert len(select_2000) == 1 and select_2000[0].original == "failed"
-    assert max(c.connections for c in quick.cases) <= 2000
+    assert max(c.connections for c in quick.cases if not c.fixed_rate) <= 2000
+
+
+def test_fixed_rate_cases_compare_select_poll_and_epoll_with_most_connections_idle():
+    for matrix in (seed_matrix(), quick_matrix()):
+        fixed = [c for c in matrix.cases if c.fixed_rate]
+        assert {"select", "poll", "epoll"} <= {c.server for c in fixed}
+        assert all(c.rate == 2000 and c.duration_s == 5.0 for c in fixed)
+        assert max(c.connections for c in fixed if c.server == "select") < 1024
+        assert len({c.slug for c in matrix.cases if c.server == "select"}) == len(
+            [c for c in matrix.cases if c.server == "select"])  # no two cases share a folder
+    case = next(c for c in quick_matrix().cases if c.fixed_rate and c.connections == 5000)
+    assert case.slug == "5000-rate2000"
+    assert case.scenario.endswith("server, 2,000 messages/s in total for 5 s")
 
 
 def test_scenario_uses_the_originals_wording():
@@ -67,13 +80,20 @@ def test_toml_matrix_expands_servers_and_counts_in_file_order():
         messages = 3
         message = "hi"
         timeout = 20
+        [[case]]
+        server = "poll"
+        connections = 100
+        rate = 500
+        duration = 2.5
         """
     )
     assert m.name == "mine"
     got = [(c.number, c.server, c.connections, c.messages) for c in m.cases]
     assert got == [(1, "select", 1, 7), (2, "select", 50, 7), (3, "poll", 1, 7), (4, "poll", 50, 7),
-                   (5, "epoll", 10, 3)]
-    assert m.cases[-1].message == "hi" and m.cases[-1].timeout_s == 20.0
+                   (5, "epoll", 10, 3), (6, "poll", 100, 7)]
+    assert m.cases[4].message == "hi" and m.cases[4].timeout_s == 20.0
+    assert m.cases[5].rate == 500 and m.cases[5].duration_s == 2.5 and m.cases[5].slug == "100-rate500"
+    assert not m.cases[4].fixed_rate
     assert m.cases[0].message == "Gary's spamming" and m.cases[0].timeout_s is None
 
 
@@ -89,6 +109,8 @@ def test_toml_matrix_expands_servers_and_counts_in_file_order():
         ("[[case]]\nserver = 'poll'\nconnections = 1\nconections = 2", "unknown key(s) conections"),
         ("[[case]]\nserver = 'poll'\nconnections = 1\ntimeout = -1", "timeout must be a positive"),
         ("messages = 0\n[[case]]\nserver = 'poll'\nconnections = 1", "messages must be a positive"),
+        ("[[case]]\nserver = 'poll'\nconnections = 1\nrate = 100", "a rate needs a positive duration"),
+        ("[[case]]\nserver = 'poll'\nconnections = 1\nduration = 3", "duration only goes with rate"),
     ],
 )
 def test_toml_matrix_errors_say_what_is_wrong(text, words):
@@ -110,7 +132,7 @@ def test_load_matrix_reads_names_and_files(tmp_path):
 
 def test_filter_servers_keeps_numbers_and_rejects_unknown_names():
     m = filter_servers(seed_matrix(), ["select", "epoll"])
-    assert [c.number for c in m.cases] == [1, 2, 3, 8, 9, 10, 11, 12]
+    assert [c.number for c in m.cases if not c.fixed_rate] == [1, 2, 3, 8, 9, 10, 11, 12]
     assert m.servers == ("select", "epoll")
     with pytest.raises(UsageError, match="unknown server"):
         filter_servers(seed_matrix(), ["apache"])

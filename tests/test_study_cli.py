@@ -29,6 +29,12 @@ connections = [1, 2000]
 [[case]]
 server = ["poll", "epoll"]
 connections = 300
+
+[[case]]
+server = "poll"
+connections = 200
+rate = 1000
+duration = 2
 """
 
 
@@ -63,8 +69,8 @@ def test_the_study_runs_and_exits_0_although_a_case_fails(reduced_run):
     proc, out = reduced_run
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line[:3].strip().isdigit()]
-    assert len(lines) == 4  # one line per case when stdout is not a terminal
-    assert "4 cases: 3 passed, 1 failed" in proc.stdout
+    assert len(lines) == 5  # one line per case when stdout is not a terminal
+    assert "5 cases: 4 passed, 1 failed" in proc.stdout
 
 
 def test_select_2000_fails_for_the_fd_setsize_reason(reduced_run):
@@ -76,8 +82,10 @@ def test_select_2000_fails_for_the_fd_setsize_reason(reduced_run):
     refused = select_2000["server_stats"]["refused"]["fd_setsize"]
     assert 900 < refused < 1100
     assert f"{refused} of 2000 connections refused" in select_2000["reason"]
-    for key in (("select", 1), ("poll", 300), ("epoll", 300)):
+    for key in (("select", 1), ("poll", 300), ("epoll", 300), ("poll", 200)):
         assert cases[key]["status"] == "passed", cases[key]["reason"]
+    fixed = cases[("poll", 200)]
+    assert fixed["rate"] == 1000 and fixed["summary"]["messages"]["echoed"] == 2000
 
 
 def test_report_md_has_the_test_case_and_results_tables(reduced_run):
@@ -86,25 +94,30 @@ def test_report_md_has_the_test_case_and_results_tables(reduced_run):
     cases = md_table(md, "| Test Case | Scenario |")
     assert [c["Scenario"] for c in cases] == [
         "1 client connecting to select server", "2000 clients connecting to select server",
-        "300 clients connecting to poll server", "300 clients connecting to epoll server"]
+        "300 clients connecting to poll server", "300 clients connecting to epoll server",
+        "200 clients connecting to poll server, 1,000 messages/s in total for 2 s"]
     assert all(c["Expected Behavior"] == EXPECTED_BEHAVIOR for c in cases)
     assert cases[1]["Status"] == "Failed, see Results (2)"
     assert "FD_SETSIZE (1024)" in cases[1]["Actual Results"]
     assert cases[0]["Actual Results"] == PASSED_RESULT and cases[0]["Status"] == "Passed, see Results (1)"
     results = md_table(md, "| Test Case | Server |")
-    assert [(r["Server"], r["Connections"], r["Status"]) for r in results] == [
-        ("select", "1", "passed"), ("select", "2,000", "failed"), ("poll", "300", "passed"),
-        ("epoll", "300", "passed")]
+    assert [(r["Server"], r["Connections"], r["Load"], r["Status"]) for r in results] == [
+        ("select", "1", "10 each", "passed"), ("select", "2,000", "10 each", "failed"),
+        ("poll", "300", "10 each", "passed"), ("epoll", "300", "10 each", "passed"),
+        ("poll", "200", "1,000/s for 2 s", "passed")]
     for r in results[2:]:
         assert float(r["Mean (ms)"]) > 0
         assert float(r["Messages/s"].replace(",", "")) > 0
-        assert int(r["Descriptors"]) >= 300
+        assert int(r["Descriptors"]) >= 1
+    # Sampled every 0.2 s: only the 2-second fixed-rate case surely shows its plateau.
+    assert int(results[4]["Descriptors"]) >= 200
 
 
 def test_every_case_keeps_its_connections_csv_and_the_charts_exist(reduced_run):
     _, out = reduced_run
-    for server, n in (("select", 1), ("select", 2000), ("poll", 300), ("epoll", 300)):
-        rows = (out / server / str(n) / "connections.csv").read_text().splitlines()
+    for server, folder, n in (("select", "1", 1), ("select", "2000", 2000), ("poll", "300", 300),
+                              ("epoll", "300", 300), ("poll", "200-rate1000", 200)):
+        rows = (out / server / folder / "connections.csv").read_text().splitlines()
         assert rows[0].startswith("connection,")
         assert len(rows) == n + 1
     for name in CHARTS:

@@ -162,3 +162,14 @@ def test_sampler_sums_a_process_tree(tmp_path):
         proc.stdin.close()  # type: ignore[union-attr]
         proc.wait(timeout=30)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_cpu_after_every_connection_is_open_leaves_the_connect_phase_out():
+    from c10k.study.sampler import Usage
+
+    u = Usage(cpu_s=3.0, series=[(0.0, 1, 1, 7, 0.0), (0.2, 1, 1, 500, 0.4), (0.4, 1, 1, 1006, 1.0),
+                                 (0.6, 1, 1, 1006, 2.0)])
+    u.settle_cpu(1000)
+    assert u.cpu_connected_s == 2.0
+    u.settle_cpu(2000)
+    assert u.cpu_connected_s is None

@@ -17,8 +17,11 @@ matrices:
   seed    the original's 12 cases (select 1, 1000, 2000; threaded 1, 10000, 30000,
           35000; epoll 1, 10000, 40000, 45000, 100000), then poll, epoll-reuseport,
           epoll-threads, asyncio and uvloop at 1, 1000, 2000, 10000, 30000, 35000,
-          40000, 45000 and 100000 connections; 100 messages of "Gary's spamming" each
-  quick   every architecture at up to 2000 connections, in a few minutes
+          40000, 45000 and 100000 connections; 100 messages of "Gary's spamming" each;
+          then fixed-rate cases (2000 messages/s in total for 5 s, most connections
+          idle): select at 100, 1000; poll, epoll, asyncio, uvloop at 100 to 15000
+  quick   every architecture at up to 2000 connections, and select, poll, epoll
+          at a fixed rate, in about two minutes
   FILE    a TOML file:
             name = "my matrix"            # optional
             messages = 100                # optional default
@@ -28,6 +31,8 @@ matrices:
             connections = [1, 1000]       # or one number
             messages = 50                 # optional
             timeout = 300                 # optional, seconds
+            rate = 2000                   # optional: open loop, messages/s in total
+            duration = 5                  # with rate: seconds of sending
 
 servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio, uvloop
 
@@ -87,13 +92,14 @@ class _Progress:
 
     def __call__(self, case: Any, result: Any) -> None:
         if result is None:
-            text = f"case {case.number}: {case.server} × {case.connections:,} connections"
+            text = f"case {case.number}: {case.server} × {case.connections:,} connections, {case.load_words}"
             if self._progress is not None:
                 self._progress.update(self._task, description=text)
             return
         self.done += 1
         mark = "[green]passed[/green]" if result.passed else "[red]failed[/red]"
-        line = (f"{case.number:>3} {case.server:<16}{case.connections:>8,}  {mark}  "
+        rate = f" @{case.rate:,}/s" if case.fixed_rate else ""
+        line = (f"{case.number:>3} {case.server:<16}{case.connections:>8,}{rate}  {mark}  "
                 f"({result.duration_s:.1f} s)")
         if not result.passed:
             line += f": {result.reason}"
@@ -147,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             matrix = replace(matrix, cases=tuple(replace(c, messages=args.messages) for c in matrix.cases))
         if args.list:
             for c in matrix.cases:
-                print(f"{c.number:>3}  {c.server:<16}{c.connections:>8,} connections × {c.messages} messages")
+                print(f"{c.number:>3}  {c.server:<16}{c.connections:>8,} connections, {c.load_words}")
             return 0
         progress = _Progress(len(matrix.cases), f"study {matrix.name}")
         try:

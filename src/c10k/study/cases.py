@@ -12,6 +12,13 @@ Three sources of cases:
 ``quick``
     A subset that runs in about two minutes on two cores, for a first look and
     for CI. It keeps select at 2000 connections, the original's first failure.
+
+Both also hold fixed-rate cases: 2000 messages/s in total for 5 s, however
+many connections are open, so most of them are idle at any moment (as on a
+real server with ten thousand clients). There select() and poll() pay for
+scanning every descriptor on each call and epoll does not, which the closed
+loop, where every connection is always busy, hides. Their folders are
+``<server>/<connections>-rate<R>/``.
 a TOML file
     A user's matrix::
 
@@ -24,6 +31,8 @@ a TOML file
         connections = [1, 1000, 10000]  # or one number
         messages = 50                   # optional, overrides the default
         timeout = 300                   # optional, seconds before the case is stopped
+        rate = 2000                     # optional: open loop, messages/s over all connections
+        duration = 5                    # seconds of sending (with rate; replaces messages)
 
     Cases are numbered in file order (servers, then connections).
 
@@ -95,17 +104,29 @@ _ORIGINAL: tuple[tuple[str, int, str], ...] = (
 _NEW_SERVERS = ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop")
 _MERGED_LADDER = (1, 1000, 2000, 10000, 30000, 35000, 40000, 45000, 100000)
 
+# Fixed-rate cases: the same message rate whatever the number of connections,
+# so most connections are idle at any moment, as on a real c10k server. Here the
+# cost of select() and poll() (they scan every descriptor on each call) shows
+# per message, while epoll's stays flat.
+SCAN_RATE = 2000
+SCAN_DURATION_S = 5.0
+_SEED_SCAN: tuple[tuple[str, int], ...] = (
+    ("select", 100), ("select", 1000),
+    *((s, n) for s in ("poll", "epoll", "asyncio", "uvloop") for n in (100, 1000, 5000, 15000)),
+)
+_QUICK_SCAN: tuple[tuple[str, int], ...] = (
+    ("select", 100), ("select", 1000), ("poll", 100), ("poll", 5000), ("epoll", 100), ("epoll", 5000),
+)
+
 _QUICK: tuple[tuple[str, int], ...] = (
     ("select", 1),
     ("select", 1000),
     ("select", 2000),
     ("poll", 1000),
-    ("poll", 2000),
     ("threaded", 1),
     ("threaded", 500),
     ("epoll", 1),
     ("epoll", 1000),
-    ("epoll", 2000),
     ("epoll-reuseport", 1000),
     ("epoll-threads", 1000),
     ("asyncio", 1000),
@@ -136,17 +157,39 @@ class Case:
     message: str = ORIGINAL_MESSAGE
     original: str | None = None
     timeout_s: float | None = None
+    rate: int | None = None
+    duration_s: float | None = None
+
+    @property
+    def fixed_rate(self) -> bool:
+        """Open loop: ``rate`` messages/s in total for ``duration_s``, whatever the connections."""
+        return self.rate is not None
 
     @property
     def scenario(self) -> str:
         """The original's wording, e.g. "1000 clients connecting to select server"."""
         noun = "client" if self.connections == 1 else "clients"
         name = "multithreaded" if self.server == "threaded" else self.server
-        return f"{self.connections} {noun} connecting to {name} server"
+        text = f"{self.connections} {noun} connecting to {name} server"
+        if self.fixed_rate:
+            text += f", {self.rate:,} messages/s in total for {self.duration_s:g} s"
+        return text
+
+    @property
+    def load_words(self) -> str:
+        """How the load drives the connections, for tables."""
+        if self.fixed_rate:
+            return f"{self.rate:,}/s for {self.duration_s:g} s"
+        return f"{self.messages} each"
 
     @property
     def label(self) -> str:
-        return f"{self.server} {self.connections}"
+        return f"{self.server} {self.connections}" + (f" @{self.rate}/s" if self.fixed_rate else "")
+
+    @property
+    def slug(self) -> str:
+        """The case's folder under ``<server>/``: its connection count (plus the rate, if fixed)."""
+        return str(self.connections) + (f"-rate{self.rate}" if self.fixed_rate else "")
 
 
 @dataclass(frozen=True)
@@ -174,18 +217,25 @@ def seed_matrix() -> Matrix:
     for server in _NEW_SERVERS:
         for n in _MERGED_LADDER:
             cases.append(Case(len(cases) + 1, server, n))
+    _add_scan(cases, _SEED_SCAN)
     return Matrix("seed", tuple(cases), "the original study's 12 cases, plus the same ladders "
-                  "for poll, epoll-reuseport, epoll-threads, asyncio and uvloop")
+                  "for poll, epoll-reuseport, epoll-threads, asyncio and uvloop, plus fixed-rate "
+                  f"cases ({SCAN_RATE} messages/s over all connections)")
+
+
+def _add_scan(cases: list[Case], pairs: Iterable[tuple[str, int]]) -> None:
+    for server, n in pairs:
+        cases.append(Case(len(cases) + 1, server, n, rate=SCAN_RATE, duration_s=SCAN_DURATION_S))
 
 
 def quick_matrix() -> Matrix:
     """A few minutes on two cores; keeps select at 2000 (it must fail)."""
     originals = {(s, n): o for s, n, o in _ORIGINAL}
-    cases = tuple(
-        Case(i, s, n, original=originals.get((s, n))) for i, (s, n) in enumerate(_QUICK, start=1)
-    )
-    return Matrix("quick", cases, "every architecture at up to 2000 connections (threaded at 500: "
-                  "a thread per connection on two cores is slow past that)")
+    cases = [Case(i, s, n, original=originals.get((s, n))) for i, (s, n) in enumerate(_QUICK, start=1)]
+    _add_scan(cases, _QUICK_SCAN)
+    return Matrix("quick", tuple(cases), "every architecture at up to 2000 connections (threaded at 500: "
+                  "a thread per connection on two cores is slow past that), and select, poll and epoll "
+                  f"at a fixed {SCAN_RATE} messages/s")
 
 
 def _positive_int(value: Any, what: str, where: str) -> int:
@@ -220,7 +270,7 @@ def matrix_from_toml(text: str, name: str = "custom") -> Matrix:
         where = f"matrix {name}, case {i}"
         if not isinstance(entry, dict):
             raise UsageError(f"{where}: must be a table")
-        unknown = set(entry) - {"server", "connections", "messages", "message", "timeout"}
+        unknown = set(entry) - {"server", "connections", "messages", "message", "timeout", "rate", "duration"}
         if unknown:
             raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         if "server" not in entry or "connections" not in entry:
@@ -238,10 +288,19 @@ def matrix_from_toml(text: str, name: str = "custom") -> Matrix:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or timeout <= 0):
             raise UsageError(f"{where}: timeout must be a positive number of seconds")
+        rate = entry.get("rate")
+        duration = entry.get("duration")
+        if rate is not None:
+            rate = _positive_int(rate, "rate", where)
+            if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0:
+                raise UsageError(f"{where}: a rate needs a positive duration (seconds)")
+        elif duration is not None:
+            raise UsageError(f"{where}: duration only goes with rate")
         for s in servers:
             for n in counts:
                 cases.append(Case(len(cases) + 1, s, n, messages, message, None,
-                                  float(timeout) if timeout is not None else None))
+                                  float(timeout) if timeout is not None else None,
+                                  rate, float(duration) if duration is not None else None))
     title = doc.get("name", name)
     return Matrix(str(title), tuple(cases), str(doc.get("description", "")))
 

@@ -35,7 +35,7 @@ CHARTS = ("mean_response_time.png", "latency_percentiles.png", "cpu_per_message.
           "memory_per_connection.png")
 
 TESTCASE_HEADER = ("Test Case", "Scenario", "Expected Behavior", "Actual Results", "Status")
-RESULTS_HEADER = ("Test Case", "Server", "Connections", "Status", "Mean (ms)", "p50 (ms)", "p99 (ms)",
+RESULTS_HEADER = ("Test Case", "Server", "Connections", "Load", "Status", "Mean (ms)", "p50 (ms)", "p99 (ms)",
                   "Max (ms)", "Messages/s", "Peak memory (MiB)", "Memory/connection (KiB)",
                   "Threads", "Descriptors", "CPU/message (µs)")
 
@@ -71,10 +71,13 @@ _MIN_CPU_S = 0.05
 def cpu_per_message_us(r: CaseResult) -> float | None:
     """Server CPU time (user + system, all its processes) per echoed message, in µs.
 
-    None when too little CPU was used to measure (a few hundred messages).
+    Counted from the moment the server held every connection when the sampler
+    saw it (so accepting them is left out), else over the whole load. None when
+    too little CPU was used to measure (a few hundred messages).
     """
     n = _echoed(r)
-    return r.usage.cpu_s / n * 1e6 if n and r.usage.cpu_s >= _MIN_CPU_S else None
+    cpu = r.usage.cpu_connected_s if r.usage.cpu_connected_s is not None else r.usage.cpu_s
+    return cpu / n * 1e6 if n and cpu >= _MIN_CPU_S else None
 
 
 def memory_per_connection_kib(r: CaseResult) -> float | None:
@@ -113,7 +116,7 @@ def results_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
         rate = s.get("messages_per_s")
         u = r.usage
         rows.append((
-            str(r.case.number), r.case.server, f"{r.case.connections:,}", r.status,
+            str(r.case.number), r.case.server, f"{r.case.connections:,}", r.case.load_words, r.status,
             _fmt(_latency_ms(r, "mean")), _fmt(_latency_ms(r, "p50")), _fmt(_latency_ms(r, "p99")),
             _fmt(_latency_ms(r, "max")), _fmt(float(rate)) if rate else "–",
             _fmt(u.peak_rss_bytes / 2**20) if u.samples else "–",
@@ -164,39 +167,52 @@ def _servers_in(results: Sequence[CaseResult]) -> list[str]:
     return list(dict.fromkeys(r.case.server for r in results))
 
 
+def _ms_label(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.2g}" if v < 10 else f"{v:.0f}"
+
+
 def _chart_mean_response(results: Sequence[CaseResult], path: Path) -> None:
     """The original's bar graph: mean response time per scenario, grouped by connections."""
     counts = sorted({r.case.connections for r in results})
     servers = _servers_in(results)
-    width = 0.8 / max(1, len(servers))
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.2 * len(counts) + 0.25 * len(results)), 5.2))
-    lowest = min((v for r in results if (v := _latency_ms(r, "mean"))), default=0.01)
-    for j, server in enumerate(servers):
-        for r in results:
-            if r.case.server != server:
-                continue
-            x = counts.index(r.case.connections) - 0.4 + width * (j + 0.5)
+    widest = max(sum(1 for r in results if r.case.connections == c) for c in counts)
+    fig, ax = plt.subplots(figsize=(min(16.0, max(8.0, 0.9 * len(counts) + 0.22 * len(results))), 5.8))
+    means = [v for r in results if (v := _latency_ms(r, "mean"))]
+    lowest, highest = min(means, default=0.01), max(means, default=1.0)
+    width = 0.84 / widest
+    for i, count in enumerate(counts):
+        group = sorted((r for r in results if r.case.connections == count),
+                       key=lambda r: servers.index(r.case.server))
+        for j, r in enumerate(group):
+            # Only the servers that ran at this count, centred on its tick.
+            x = i + (j - (len(group) - 1) / 2) * width
             mean = _latency_ms(r, "mean")
-            color = _PALETTE.get(server, "grey")
+            color = _PALETTE.get(r.case.server, "grey")
             if mean is not None:
                 ax.bar(x, mean, width * 0.92, color=color, alpha=1.0 if r.passed else 0.45,
                        hatch=None if r.passed else "///", edgecolor="black" if not r.passed else color,
                        linewidth=0.6)
-                if not r.passed:
-                    ax.text(x, mean * 1.15, "✗", ha="center", va="bottom", color="#b00020", fontsize=11)
+                ax.text(x, mean * 1.08, _ms_label(mean) + (" ✗" if not r.passed else ""), ha="center",
+                        va="bottom", rotation=90, fontsize=7,
+                        color="#b00020" if not r.passed else "#333333")
             elif not r.passed:
-                ax.text(x, lowest / 1.6, "✗", ha="center", va="bottom", color="#b00020", fontsize=11)
+                ax.text(x, lowest / 1.5, "✗", ha="center", va="bottom", color="#b00020", fontsize=11)
     ax.set_yscale("log")
-    ax.set_ylim(bottom=lowest / 2)
+    ax.set_ylim(lowest / 2, highest * 12)
     ax.set_xticks(range(len(counts)), [f"{c:,}" for c in counts])
+    ax.set_xlim(-0.6, len(counts) - 0.4)
     ax.set_xlabel("concurrent connections")
     ax.set_ylabel("mean response time (ms, log scale)")
-    ax.set_title("Mean response time per scenario")
+    ax.set_title("Mean response time per scenario (labels in ms)")
     handles = [Patch(color=_PALETTE.get(s, "grey"), label=s) for s in servers]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="failed (✗)"))
-    ax.legend(handles=handles, ncol=min(5, len(handles)), fontsize=8, loc="upper left")
     ax.grid(axis="y", which="major", alpha=0.3)
-    fig.tight_layout()
+    ncol = min(len(handles), max(4, int(fig.get_figwidth() / 1.5)))
+    legend_rows = math.ceil(len(handles) / ncol)
+    fig.tight_layout(rect=(0, 0.035 + 0.045 * legend_rows, 1, 1))
+    fig.legend(handles=handles, ncol=ncol, fontsize=8.5, loc="lower center", frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -248,34 +264,37 @@ def _chart_percentiles(results: Sequence[CaseResult], path: Path) -> None:
     plt.close(fig)
 
 
-def _chart_metric(results: Sequence[CaseResult], path: Path, metric: Any, ylabel: str, title: str,
-                  note: str) -> None:
-    servers = _servers_in(results)
-    fig, ax = plt.subplots(figsize=(9, 5.2))
-    for server in servers:
-        pts = sorted((r.case.connections, v, r.passed) for r in results
-                     if r.case.server == server and (v := metric(r)) is not None)
-        if not pts:
-            continue
-        xs, ys, ok = zip(*pts, strict=True)
-        color = _PALETTE.get(server, "grey")
-        ax.plot(xs, ys, "-o", color=color, label=server, markersize=4, linewidth=1.8)
-        bad = [(x, y) for x, y, o in zip(xs, ys, ok, strict=True) if not o]
-        if bad:
-            bx, by = zip(*bad, strict=True)
-            ax.scatter(bx, by, marker="x", color="#b00020", s=60, zorder=4)
-    _count_axis(ax, max(r.case.connections for r in results))
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("concurrent connections (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{title}\n", fontsize=12)
-    ax.text(0.5, 1.015, note, transform=ax.transAxes, ha="center", va="bottom", fontsize=8.5,
-            color="#555555")
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], marker="x", color="#b00020", linestyle="", label="case failed"))
-    ax.legend(handles=handles, fontsize=9, loc="upper left")
-    fig.tight_layout()
+def _chart_metric(panels: Sequence[tuple[Sequence[CaseResult], str]], path: Path, metric: Any,
+                  ylabel: str, title: str, note: str) -> None:
+    fig, axes = plt.subplots(1, len(panels), figsize=(9 if len(panels) == 1 else 13, 5.4), squeeze=False,
+                             sharey=True)
+    largest = max(r.case.connections for results, _ in panels for r in results)
+    for ax, (results, subtitle) in zip(axes[0], panels, strict=True):
+        for server in _servers_in(results):
+            pts = sorted((r.case.connections, v, r.passed) for r in results
+                         if r.case.server == server and (v := metric(r)) is not None)
+            if not pts:
+                continue
+            xs, ys, ok = zip(*pts, strict=True)
+            color = _PALETTE.get(server, "grey")
+            ax.plot(xs, ys, "-o", color=color, label=server, markersize=4, linewidth=1.8)
+            bad = [(x, y) for x, y, o in zip(xs, ys, ok, strict=True) if not o]
+            if bad:
+                bx, by = zip(*bad, strict=True)
+                ax.scatter(bx, by, marker="x", color="#b00020", s=60, zorder=4)
+        _count_axis(ax, largest)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("concurrent connections (log scale)")
+        if subtitle:
+            ax.set_title(subtitle, fontsize=10)
+        ax.grid(alpha=0.3)
+        handles, _labels = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], marker="x", color="#b00020", linestyle="", label="case failed"))
+        ax.legend(handles=handles, fontsize=9, loc="upper left")
+    axes[0][0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=8.5, color="#555555")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -284,12 +303,23 @@ def _write_charts(results: Sequence[CaseResult], out_dir: Path) -> list[str]:
     with_data = [r for r in results if r.summary or r.usage.samples]
     if not with_data:
         return []
-    _chart_mean_response(with_data, out_dir / CHARTS[0])
-    _chart_percentiles(with_data, out_dir / CHARTS[1])
-    _chart_metric(with_data, out_dir / CHARTS[2], cpu_per_message_us, "server CPU per message (µs)",
+    # The original's charts are of its closed loop; fixed-rate cases get their own CPU panel.
+    closed_only = [r for r in with_data if not r.case.fixed_rate]
+    fixed = [r for r in with_data if r.case.fixed_rate]
+    closed = closed_only or with_data
+    _chart_mean_response(closed, out_dir / CHARTS[0])
+    _chart_percentiles(closed, out_dir / CHARTS[1])
+    panels: list[tuple[Sequence[CaseResult], str]] = []
+    if closed_only:
+        panels.append((closed_only, "closed loop: every connection always busy"))
+    if fixed:
+        rate = fixed[0].case.rate or 0
+        panels.append((fixed, f"fixed rate: {rate:,} messages/s over all connections (most idle)"))
+    _chart_metric(panels, out_dir / CHARTS[2], cpu_per_message_us, "server CPU per message (µs)",
                   "Server CPU per echoed message against connections",
-                  "user + system time of every server process, over the load")
-    _chart_metric(with_data, out_dir / CHARTS[3], memory_per_connection_kib,
+                  "user + system time of every server process, from the moment it held every "
+                  "connection (accepting them is left out) to the end of the load")
+    _chart_metric([(closed, "")], out_dir / CHARTS[3], memory_per_connection_kib,
                   "server memory per connection (KiB)", "Server memory per connection",
                   "(peak RSS − idle RSS) ÷ connections, summed over the server's processes")
     return list(CHARTS)
@@ -302,8 +332,10 @@ _CHART_CAPTIONS = {
                "connection count (hatched bars: the case failed).",
     CHARTS[1]: "Response-time percentiles per architecture as connections grow.",
     CHARTS[2]: "Server CPU per echoed message: what each architecture pays per message as "
-               "connections grow. select() and poll() scan every descriptor on each call; "
-               "epoll reports only the ready ones.",
+               "connections grow. select() and poll() scan every descriptor on each call, epoll "
+               "reports only the ready ones: with every connection busy (left) the scan is shared by "
+               "many ready sockets; at a fixed rate with most connections idle (right) it is paid "
+               "for few messages, and grows with the connections.",
     CHARTS[3]: "Server memory per connection (user space; the kernel adds about 5 KB per socket).",
 }
 
@@ -343,7 +375,8 @@ def _markdown(study: StudyResult, charts: list[str]) -> str:
         "## Results", "",
         "Response times are per message (send to full echo), over every message of every connection; "
         "memory, threads and descriptors are peaks summed over the server's processes; CPU per "
-        "message is the server's user + system time divided by the messages echoed.", "",
+        "message is the server's user + system time, once every connection was open, divided by the "
+        "messages echoed.", "",
         _md_table(RESULTS_HEADER, results_rows(study.results)), "",
     ]
     if charts:
@@ -409,8 +442,8 @@ def _html(study: StudyResult, charts: list[str], out_dir: Path) -> str:
     parts += ["<h2>Results</h2>",
               "<p>Response times are per message (send to full echo); memory, threads and descriptors "
               "are peaks summed over the server's processes; CPU per message is the server's user + "
-              "system time divided by the messages echoed.</p>",
-              _html_table(RESULTS_HEADER, results_rows(study.results), 3, numeric_from=4,
+              "system time, once every connection was open, divided by the messages echoed.</p>",
+              _html_table(RESULTS_HEADER, results_rows(study.results), 4, numeric_from=5,
                           status_of=statuses)]
     if charts:
         parts.append("<h2>Charts</h2>")

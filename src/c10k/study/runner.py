@@ -89,14 +89,18 @@ class Commands:
         return cmd + list(extra)
 
     def load(self, case: Case, host: str, port: int, out: Path) -> list[str]:
-        return [self.python, "-m", "c10k", "load", "--host", host, "-p", str(port),
-                "-c", str(case.connections), "-n", str(case.messages), "-m", case.message,
-                "--out", str(out), "--quiet"]
+        cmd = [self.python, "-m", "c10k", "load", "--host", host, "-p", str(port),
+               "-c", str(case.connections), "-m", case.message, "--out", str(out), "--quiet"]
+        if case.fixed_rate:
+            return cmd + ["--rate", str(case.rate), "--duration", f"{case.duration_s:g}"]
+        return cmd + ["-n", str(case.messages)]
 
     def timeout_s(self, case: Case) -> float:
         """Seconds a case may take before the runner stops its load."""
         if case.timeout_s is not None:
             return case.timeout_s
+        if case.fixed_rate:
+            return 60.0 + (case.duration_s or 0.0) * 2 + case.connections / 1000.0
         # Generous: ~4000 messages/s and ~1000 connects/s at worst, plus start-up.
         return 60.0 + case.connections * case.messages / 4000.0 + case.connections / 1000.0
 
@@ -129,6 +133,8 @@ class CaseResult:
             "connections": c.connections,
             "messages": c.messages,
             "message": c.message,
+            "rate": c.rate,
+            "send_duration_s": c.duration_s,
             "scenario": c.scenario,
             "original": c.original,
             "status": self.status,
@@ -160,7 +166,8 @@ class StudyResult:
         results = []
         for c in data["cases"]:
             case = Case(c["case"], c["server"], c["connections"], c.get("messages", 100),
-                        c.get("message", "Gary's spamming"), c.get("original"))
+                        c.get("message", "Gary's spamming"), c.get("original"), None, c.get("rate"),
+                        c.get("send_duration_s"))
             usage_json = c.get("server_usage") or {}
             fields = {k: v for k, v in usage_json.items() if k in Usage.__dataclass_fields__}
             usage = Usage(**fields)
@@ -266,7 +273,7 @@ def _kill_leftovers(procs: Sequence[psutil.Process]) -> None:
 def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> CaseResult:
     """Run one case in ``out_dir/<server>/<connections>/`` and decide its verdict."""
     commands = commands or Commands()
-    case_dir = out_dir / case.server / str(case.connections)
+    case_dir = out_dir / case.server / case.slug
     if case_dir.exists():
         shutil.rmtree(case_dir)
     case_dir.mkdir(parents=True)
@@ -310,6 +317,7 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
                 _kill_group(load)
                 ev.load_status = None
             usage = sampler.stop()
+            usage.settle_cpu(case.connections)
             if ev.load_status != 0:
                 # A server that crashed made the load fail; give its exit a moment to be seen.
                 try:

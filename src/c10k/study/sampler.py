@@ -26,6 +26,8 @@ class Usage:
     ``peak_fds_per_process`` is the most any one process held (the number that
     meets RLIMIT_NOFILE). ``idle_rss_bytes`` is the tree's memory just before
     the load, so ``peak_rss_bytes - idle_rss_bytes`` is what the connections cost.
+    ``cpu_s`` covers the whole load; ``cpu_connected_s`` only the part after
+    every connection was open (see ``settle_cpu``).
     """
 
     peak_rss_bytes: int = 0
@@ -35,8 +37,21 @@ class Usage:
     peak_fds_per_process: int = 0
     peak_processes: int = 0
     cpu_s: float = 0.0
+    cpu_connected_s: float | None = None
     samples: int = 0
     series: list[tuple[float, int, int, int, float]] = field(default_factory=list)
+
+    def settle_cpu(self, connections: int) -> None:
+        """Set ``cpu_connected_s``: CPU from the first sample holding every connection.
+
+        That leaves out the connect phase (accepting, handing sockets over), so
+        what remains is the cost of the messages; None if that moment never came.
+        """
+        for _t, _rss, _threads, fds, cpu in self.series:
+            if fds >= connections:
+                self.cpu_connected_s = round(max(0.0, self.cpu_s - cpu), 4)
+                return
+        self.cpu_connected_s = None
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
