@@ -216,7 +216,7 @@ class EpollServer(Server):
                 code = 1
                 try:
                     ours.close()
-                    self._forget_parent()
+                    self._forget_parent(keep=[theirs.fileno()] + ([listener.fileno()] if listener else []))
                     code = self._worker_body(index, theirs, listener, True)
                 except BaseException:
                     traceback.print_exc()
@@ -233,8 +233,14 @@ class EpollServer(Server):
         self.workers_started += 1
         return worker
 
-    def _forget_parent(self) -> None:
-        """In a new worker process: drop the acceptor's descriptors."""
+    def _forget_parent(self, keep: list[int]) -> None:
+        """In a new worker process: drop the acceptor's descriptors.
+
+        Known objects are closed first, so none closes a reused number later;
+        then every other inherited descriptor (clients accepted in the batch
+        that made the acceptor fork us, above all) goes too, or those clients
+        would never see EOF from their real worker.
+        """
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.shutdown.close()
         self.ep.close()
@@ -244,6 +250,11 @@ class EpollServer(Server):
             self.reserve.close()
         for w in self.workers.values():
             w.chan.close()
+        low = 3
+        for fd in sorted(set(keep)):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, self.fd_limit)
 
     def _worker_body(self, index: int, chan: socket.socket, listener: socket.socket | None, own: bool) -> int:
         shutdown = ShutdownSignal() if own else None
@@ -301,7 +312,8 @@ class EpollServer(Server):
     def _capacity(self) -> int:
         """Connections one worker may be handed."""
         if self.threads:  # one process: the workers share its descriptor table
-            return max(1, (self.fd_limit - WORKER_OVERHEAD * (1 + len(self.workers))) // max(1, len(self.workers)))
+            n = max(1, len(self.workers))
+            return max(1, (self.fd_limit - 32 - 4 * n) // n)
         return self.fd_limit - WORKER_OVERHEAD
 
     def _refuse(self, fd: int, reason: str, why: str) -> None:
