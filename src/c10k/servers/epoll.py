@@ -59,6 +59,7 @@ __all__ = ["EpollServer"]
 SCM_MAX_FD = 253
 STOP = b"S"
 FDS = b"F"
+READY = b"R"
 #: descriptors a worker keeps for itself (epoll, inbox, wake pair, std streams, reserve)
 WORKER_OVERHEAD = 64
 DEFAULT_MAX_WORKERS = 64
@@ -186,6 +187,7 @@ class EpollServer(Server):
         # SIGCHLD wakes the loop through the wakeup fd, so a dead worker is
         # replaced at once even if its end of the pair lingers.
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        self._wait_ready()
         announce(address)
         try:
             self._loop()
@@ -233,6 +235,31 @@ class EpollServer(Server):
         self.workers_started += 1
         return worker
 
+    def _wait_ready(self) -> None:
+        """Announce only once every first worker is serving: the line means ready."""
+        deadline = time.monotonic() + 30.0
+        for worker in list(self.workers.values()):
+            while time.monotonic() < deadline:
+                try:
+                    if worker.chan.recv(16) == READY:
+                        break
+                except TimeoutError:
+                    continue
+                except InterruptedError:
+                    continue
+                break  # b"" or an error: it died; the loop replaces it
+
+    def _worker_event(self, worker: Worker) -> None:
+        """Its end of the pair is readable: a late READY, or EOF because it is gone."""
+        try:
+            if worker.chan.recv(16, socket.MSG_DONTWAIT):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._worker_gone(worker)
+
     def _forget_parent(self, keep: list[int]) -> None:
         """In a new worker process: drop the acceptor's descriptors.
 
@@ -267,6 +294,7 @@ class EpollServer(Server):
                       on_close=lambda closed: self.slots.set_closed(index, closed))
         if isinstance(reactor, SharedLimitReactor):
             reactor.live = self.live_total
+        chan.send(READY)
         reactor.run()
         chan.close()
         if shutdown is not None:
@@ -306,7 +334,7 @@ class EpollServer(Server):
                 elif fd == wake_fd:
                     self.shutdown.drain()
                 elif fd in self.workers:
-                    self._worker_gone(self.workers[fd])
+                    self._worker_event(self.workers[fd])
             self.refusals.tick(time.monotonic())
 
     def _capacity(self) -> int:
@@ -413,7 +441,7 @@ class EpollServer(Server):
         while self.workers and time.monotonic() < deadline:
             for fd, _ in self.ep.poll(max(0.0, deadline - time.monotonic())):
                 if fd in self.workers:
-                    self._worker_gone(self.workers[fd])
+                    self._worker_event(self.workers[fd])
                 elif fd == self.shutdown.wake_fd:
                     self.shutdown.drain()
         for worker in list(self.workers.values()):
