@@ -42,6 +42,10 @@ STANDINS = {
         while True:
             held.append(listener.accept()[0])
     """),
+    "takes_five": PRELUDE + textwrap.dedent("""
+        held = [listener.accept()[0] for _ in range(5)]
+        signal.sigwait({signal.SIGTERM})
+    """),
     "stubborn": PRELUDE + textwrap.dedent("""
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         conn, _ = listener.accept()
@@ -100,6 +104,17 @@ def test_a_server_that_never_echoes_is_stopped_at_the_case_timeout(tmp_path, sta
     assert result.status == "failed"
     assert result.reason.startswith("timeouts: the server stopped answering in time")
     assert "the load did not finish within 3 s" in result.reason
+    assert result.load_status is None
+    assert no_processes_left(tmp_path)
+
+
+def test_a_server_that_stops_accepting_is_stopped_at_the_connect_deadline(tmp_path, standin):
+    commands = standin("takes_five", connect_grace_s=2.0)
+    result = run_case(Case(1, "poll", 40, messages=2), tmp_path, commands)
+    assert result.status == "failed"
+    assert result.reason.startswith("the server did not take every connection in time (client: the server "
+                                    "held at most ")
+    assert "not all 40 connections, within 2 s; the load was stopped" in result.reason
     assert result.load_status is None
     assert no_processes_left(tmp_path)
 

@@ -115,3 +115,14 @@ def test_several_refusal_kinds_are_all_reported():
     reason = decide(ev)[1]
     assert "threads could not start: 10 of 100 connections refused" in reason
     assert "--max-connections cap was reached: 20 of 100" in reason
+
+
+def test_a_stalled_connect_phase_keeps_the_server_side_cause_first():
+    ev = Evidence(connections=30000, nofile=20000, load_status=None, connect_stalled=True,
+                  connect_deadline_s=90, held_connections=19990, summary=None,
+                  stats={"refused": {"descriptor_limit": 7}})
+    status, reason = decide(ev)
+    assert status == "failed"
+    assert reason == ("process descriptor limit (20000) reached: 7 of 30000 connections refused "
+                      "(client: the server held at most 19990 descriptors, not all 30000 connections, "
+                      "within 90 s; the load was stopped)")

@@ -60,6 +60,10 @@ class Commands:
         python: the interpreter that runs ``-m c10k``.
         host: the address the server listens on and the load connects to.
         shutdown_timeout_s: passed to the server as --shutdown-timeout.
+        start_timeout_s: how long the server may take to say it is listening.
+        stop_grace_s: how long past --shutdown-timeout before SIGKILL.
+        connect_grace_s: how long (plus 2 ms per connection) the server may take
+            to hold every connection before the load is stopped.
     """
 
     python: str = sys.executable
@@ -67,6 +71,7 @@ class Commands:
     shutdown_timeout_s: float = 5.0
     start_timeout_s: float = 30.0
     stop_grace_s: float = 15.0
+    connect_grace_s: float = 20.0
 
     def workers(self, case: Case) -> int | None:
         """Worker processes for the process-based epoll servers.
@@ -94,6 +99,10 @@ class Commands:
         if case.fixed_rate:
             return cmd + ["--rate", str(case.rate), "--duration", f"{case.duration_s:g}"]
         return cmd + ["-n", str(case.messages)]
+
+    def connect_deadline_s(self, case: Case) -> float:
+        """Seconds the server has to hold every connection (its descriptors, summed)."""
+        return self.connect_grace_s + case.connections / 1000.0
 
     def timeout_s(self, case: Case) -> float:
         """Seconds a case may take before the runner stops its load."""
@@ -270,6 +279,33 @@ def _kill_leftovers(procs: Sequence[psutil.Process]) -> None:
             pass
 
 
+def _watch_load(load: subprocess.Popen[bytes], sampler: ProcessTreeSampler, case: Case,
+                commands: Commands, ev: Evidence) -> int | None:
+    """Wait for the load; stop it at the case's timeout, or early if the server
+    never gets to hold every connection (a server at its descriptor limit
+    leaves the rest in the listen backlog, and the load could wait for long)."""
+    start = time.monotonic()
+    connect_deadline = start + commands.connect_deadline_s(case)
+    deadline = start + ev.load_timeout_s
+    while True:
+        try:
+            return load.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        held = sampler.usage.peak_fds
+        if now >= connect_deadline and held < case.connections:
+            ev.connect_stalled = True
+            ev.connect_deadline_s = commands.connect_deadline_s(case)
+            ev.held_connections = held
+        elif now >= deadline:
+            ev.load_timed_out = True
+        else:
+            continue
+        _kill_group(load)
+        return None
+
+
 def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> CaseResult:
     """Run one case in ``out_dir/<server>/<connections>/`` and decide its verdict."""
     commands = commands or Commands()
@@ -310,12 +346,7 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
             with load_log.open("wb") as log:
                 load = subprocess.Popen(commands.load(case, host, port, case_dir), stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                ev.load_status = load.wait(timeout=ev.load_timeout_s)
-            except subprocess.TimeoutExpired:
-                ev.load_timed_out = True
-                _kill_group(load)
-                ev.load_status = None
+            ev.load_status = _watch_load(load, sampler, case, commands, ev)
             usage = sampler.stop()
             usage.settle_cpu(case.connections)
             if ev.load_status != 0:

@@ -50,6 +50,9 @@ class Evidence:
         load_status: the load client's exit status, None if it was stopped.
         load_timed_out: the runner stopped the load after the case's timeout.
         load_timeout_s: that timeout.
+        connect_stalled: the runner stopped the load because the server never
+            held every connection within ``connect_deadline_s``.
+        held_connections: the most descriptors the server held (summed).
         load_stderr_tail: the last lines of the load client's stderr.
         summary: the load's summary.json, or None.
         usage: the sampler's figures (keys of ``sampler.Usage``).
@@ -66,6 +69,9 @@ class Evidence:
     load_status: int | None = 0
     load_timed_out: bool = False
     load_timeout_s: float = 0.0
+    connect_stalled: bool = False
+    connect_deadline_s: float = 0.0
+    held_connections: int = 0
     load_stderr_tail: list[str] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     usage: dict[str, Any] = field(default_factory=dict)
@@ -205,15 +211,21 @@ def decide(ev: Evidence) -> tuple[str, str]:
                       + (f" ({detail})" if detail else ""))
 
     symptoms = _client_symptoms(ev)
-    if ev.load_timed_out:
+    if ev.connect_stalled:
+        symptoms.insert(0, f"the server held at most {ev.held_connections} descriptors, not all "
+                           f"{ev.connections} connections, within {ev.connect_deadline_s:.0f} s; "
+                           "the load was stopped")
+    elif ev.load_timed_out:
         symptoms.insert(0, f"the load did not finish within {ev.load_timeout_s:.0f} s")
-    elif ev.summary is None:
+    elif ev.summary is None and not ev.connect_stalled:
         detail = _last_error_line(ev.load_stderr_tail)
         symptoms.append(f"load client exited with status {ev.load_status} without a summary"
                         + (f": {detail}" if detail else ""))
 
     if not causes:
-        if ev.load_timed_out or _is_timeout_symptom(ev):
+        if ev.connect_stalled:
+            causes.append("the server did not take every connection in time")
+        elif ev.load_timed_out or _is_timeout_symptom(ev):
             causes.append("timeouts: the server stopped answering in time")
         elif ev.killed:
             causes.append("server did not stop on SIGTERM and was killed")
