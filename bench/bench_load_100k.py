@@ -57,7 +57,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=100_000)
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--processes", type=int, default=None, help="load processes (default: the plan's)")
-    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds one round trip may take: with 100k messages in flight on 2 shared cores a "
+                         "round trip takes ~10 s even when nothing is wrong")
     ap.add_argument("--server-args", default="", help="extra `c10k serve epoll` arguments")
     ap.add_argument("--load-args", default="", help="extra `c10k load` arguments")
     args = ap.parse_args()
