@@ -8,12 +8,47 @@ protocol pauses reading until the buffer drains below ``low``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
+from collections.abc import Callable
 from typing import Any
 
-from c10k.servers.base import Server, announce, open_listener, stop_deadline
+from c10k.servers.base import (
+    DESCRIPTOR_LIMIT_WHY,
+    DescriptorReserve,
+    RefusalLog,
+    Server,
+    announce,
+    open_listener,
+    stop_deadline,
+)
 
 __all__ = ["AsyncioServer", "UvloopServer"]
+
+
+class SheddingListener(socket.socket):
+    """A listener whose accept() sheds one client on EMFILE instead of failing.
+
+    asyncio (3.11) answers EMFILE by scheduling a retry and then trying accept
+    again, ``backlog`` times in a row: 4096 timers a second, a busy loop.
+    Here the reserve descriptor (base.py) accepts and closes one waiting client
+    and accept() reports "nothing to accept", so the loop waits quietly.
+    uvloop accepts in C and has libuv's own reserve; it never calls this.
+    """
+
+    reserve: DescriptorReserve
+    on_shed: Callable[[], None]
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            if self.reserve.shed(self):
+                self.on_shed()
+            raise BlockingIOError(errno.EAGAIN, "descriptor limit: shed one client") from None
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -82,26 +117,34 @@ class AsyncioServer(Server):
         self.echoed = 0
         self.stopping = False
         self.all_closed: asyncio.Event | None = None
+        self.refusals = RefusalLog()
         loop = self.new_loop()
         try:
             loop.run_until_complete(self._main())
         finally:
             loop.close()
         self.stats.bytes_echoed = self.echoed
+        self.refusals.flush()
         self.write_stats()
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
-        listener = open_listener(cfg)
+        plain = open_listener(cfg)
+        listener = SheddingListener(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        listener.setblocking(False)
+        listener.reserve = reserve = DescriptorReserve()
+        listener.on_shed = self._shed
         stop = asyncio.Event()
         self.all_closed = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.set_exception_handler(self._on_loop_error)
         server = await loop.create_server(lambda: EchoProtocol(self), sock=listener, backlog=cfg.backlog)
         announce(listener.getsockname())
         while not stop.is_set():
             self.tick = loop.time()
+            self.refusals.tick(self.tick)
             if cfg.idle_timeout:
                 cutoff = self.tick - cfg.idle_timeout
                 for proto in [p for p in self.conns if p.last < cutoff]:
@@ -124,6 +167,21 @@ class AsyncioServer(Server):
         for proto in list(self.conns):
             proto.transport.abort()
         await asyncio.sleep(0)  # let the aborts run their connection_lost
+        reserve.close()
+
+    def _shed(self) -> None:
+        self.stats.refused["descriptor_limit"] += 1
+        self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, self.tick)
+
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # asyncio pauses accepting for a second on EMFILE and logs a traceback
+        # each time; one line per burst says it better. Clients wait in the backlog.
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            self.refusals.note("descriptor_limit", "process descriptor limit (RLIMIT_NOFILE) reached: "
+                               "accepting paused, clients wait in the backlog", loop.time())
+            return
+        loop.default_exception_handler(context)
 
 
 class UvloopServer(AsyncioServer):
