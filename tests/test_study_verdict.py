@@ -126,3 +126,11 @@ def test_a_stalled_connect_phase_keeps_the_server_side_cause_first():
     assert reason == ("process descriptor limit (20000) reached: 7 of 30000 connections refused "
                       "(client: the server held at most 19990 descriptors, not all 30000 connections, "
                       "within 90 s; the load was stopped)")
+
+
+def test_a_server_killed_after_a_failed_load_says_so_after_the_cause():
+    ev = Evidence(connections=25000, nofile=20000, load_status=1, killed=True, exit_status=-9,
+                  summary=clean_summary(25000, timeout=19806), usage={"peak_fds_per_process": 20000})
+    reason = decide(ev)[1]
+    assert reason.startswith("process descriptor limit (20000) reached: a server process held 20000 "
+                             "descriptors; server did not stop on SIGTERM and was killed (no stats file)")

@@ -62,7 +62,7 @@ class Commands:
         shutdown_timeout_s: passed to the server as --shutdown-timeout.
         start_timeout_s: how long the server may take to say it is listening.
         stop_grace_s: how long past --shutdown-timeout before SIGKILL.
-        connect_grace_s: how long (plus 2 ms per connection) the server may take
+        connect_grace_s: how long (plus 1 ms per connection) the server may take
             to hold every connection before the load is stopped.
     """
 

@@ -227,12 +227,12 @@ def decide(ev: Evidence) -> tuple[str, str]:
             causes.append("the server did not take every connection in time")
         elif ev.load_timed_out or _is_timeout_symptom(ev):
             causes.append("timeouts: the server stopped answering in time")
-        elif ev.killed:
-            causes.append("server did not stop on SIGTERM and was killed")
         elif ev.summary is None:
             causes.append("load client failed")
         else:
             causes.append("the client saw errors")
+    if ev.killed:
+        causes.append(f"server did not stop on SIGTERM and was killed{'' if ev.stats else ' (no stats file)'}")
     reason = "; ".join(causes)
     if symptoms:
         reason += f" (client: {', '.join(symptoms)})"
