@@ -20,7 +20,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,19 +65,21 @@ def main() -> None:
     c10k = str(Path(sys.executable).with_name("c10k"))
     proc, port = start_server(c10k, shlex.split(args.server_args))
     try:
-        with tempfile.TemporaryDirectory(prefix="c10k-bench-") as out:
-            cmd = [c10k, "load", "-p", str(port), "-c", str(args.connections), "-n", str(args.count),
-                   "--timeout", str(args.timeout), "--out", out, *shlex.split(args.load_args)]
-            if args.processes:
-                cmd += ["--processes", str(args.processes)]
-            print("$", shlex.join(cmd), flush=True)
-            started = time.monotonic()
-            run = subprocess.run(cmd, text=True, timeout=1800)
-            wall = time.monotonic() - started
-            summary_path = Path(out) / "summary.json"
-            if not summary_path.exists():
-                raise SystemExit(f"c10k load wrote no summary (exit {run.returncode})")
-            summary = json.loads(summary_path.read_text())
+        # keep summary.json and connections.csv next to the figures
+        out = HERE / "results" / "load_100k"
+        (out / "summary.json").unlink(missing_ok=True)
+        cmd = [c10k, "load", "-p", str(port), "-c", str(args.connections), "-n", str(args.count),
+               "--timeout", str(args.timeout), "--out", str(out), *shlex.split(args.load_args)]
+        if args.processes:
+            cmd += ["--processes", str(args.processes)]
+        print("$", shlex.join(cmd), flush=True)
+        started = time.monotonic()
+        run = subprocess.run(cmd, text=True, timeout=1800)
+        wall = time.monotonic() - started
+        summary_path = out / "summary.json"
+        if not summary_path.exists():
+            raise SystemExit(f"c10k load wrote no summary (exit {run.returncode})")
+        summary = json.loads(summary_path.read_text())
     finally:
         stop_server(proc)
     result = {

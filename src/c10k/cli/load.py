@@ -31,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--processes", type=int, help="load processes (default: enough for RLIMIT_NOFILE, "
                                                  "one per CPU for large runs)")
     p.add_argument("--connect-rate", type=float, metavar="PER_S", help="connects per second (default: unpaced)")
-    p.add_argument("--timeout", type=float, metavar="S", help="seconds a connect or an echo may take (default 10)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="give up on a connection after S seconds without its connect completing or without "
+                        "the echo it waits for (default 10)")
     p.add_argument("--source-ip", action="append", metavar="IP",
                    help="source address to connect from (repeat or comma-separate; default: automatic "
                         "127.0.0.x for loopback targets past one address's ephemeral ports)")
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     s = result.summary
     if live:
         _print_table(s)
+        print(f"wrote {summary_path} and {csv_path}")
     elif not quiet:
         lat = s["latency_us"]
         print(f"{s['messages']['echoed']} echoed on {s['connections']['completed']}/"
@@ -151,7 +154,13 @@ def _run_with_bar(args: argparse.Namespace, plan: Any, options: dict[str, Any]) 
                 bar.start_task(echo)
                 bar.update(echo, completed=p.echoed, open=p.open, failed=p.failed)
 
-        return run_load(args.host, args.port, plan=plan, on_progress=update, **options)
+        result = run_load(args.host, args.port, plan=plan, on_progress=update, **options)
+        s = result.summary
+        bar.update(connect, completed=s["connections"]["established"], open=0,
+                   failed=s["connections"]["failed"])
+        bar.start_task(echo)
+        bar.update(echo, completed=s["messages"]["echoed"], open=0, failed=s["connections"]["failed"])
+        return result
 
 
 def _print_table(s: dict[str, Any]) -> None:
