@@ -249,3 +249,21 @@ def test_multiprocess_stalled_server_times_out(broken_server, tmp_path: Path) ->
     assert not r.ok
     assert r.summary["errors"] == {"timeout": 4}
     assert len(r.summary["processes"]) == 2
+
+
+def test_no_barrier_and_paced_connects(broken_server) -> None:
+    srv = broken_server(echo)
+    r = run_load("127.0.0.1", srv.port, connections=6, count=5, barrier=False, connect_rate=500, timeout=5)
+    s = r.summary
+    assert r.ok, s["errors"]
+    assert s["barrier"] is False
+    assert s["messages"] == {"sent": 30, "echoed": 30, "mismatched": 0}
+    assert 1 <= s["connections"]["peak_open"] <= 6
+
+
+def test_zero_messages_only_connects(broken_server) -> None:
+    srv = broken_server(echo)
+    r = run_load("127.0.0.1", srv.port, connections=4, count=0)
+    assert r.ok
+    assert r.summary["connections"]["completed"] == 4
+    assert r.summary["messages"]["sent"] == 0
