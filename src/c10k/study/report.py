@@ -81,9 +81,12 @@ def cpu_per_message_us(r: CaseResult) -> float | None:
 
 
 def memory_per_connection_kib(r: CaseResult) -> float | None:
-    """What the server's memory grew by under the load, per connection, in KiB."""
+    """What the server's memory grew by under the load, per connection, in KiB.
+
+    None below 100 connections, where allocator noise outweighs the connections.
+    """
     u = r.usage
-    if not u.samples or not r.case.connections:
+    if not u.samples or r.case.connections < 100:
         return None
     peak = (r.stats or {}).get("peak_concurrent") or r.case.connections
     return max(0, u.peak_rss_bytes - u.idle_rss_bytes) / max(1, peak) / 1024
@@ -389,10 +392,11 @@ def _markdown(study: StudyResult, charts: list[str]) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;
 color:#222;padding:0 1em;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;width:100%;font-size:.86em;margin:.6em 0}
+.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:.86em;margin:.6em 0}
+table.results{font-size:.8em}table.results td{white-space:nowrap}
 th,td{border:1px solid #d0d0d0;padding:.3em .5em;vertical-align:top}
 th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.failed td.status{background:#fde7ea;color:#9b0020;font-weight:600}
@@ -403,8 +407,9 @@ figcaption{color:#555;font-size:.9em}code{background:#f4f4f4;padding:0 .2em}
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], status_col: int | None,
-                numeric_from: int | None = None, status_of: Sequence[str] | None = None) -> str:
-    out = ["<table><thead><tr>", *(f"<th>{html.escape(h)}</th>" for h in header), "</tr></thead><tbody>"]
+                numeric_from: int | None = None, status_of: Sequence[str] | None = None,
+                klass: str = "") -> str:
+    out = [f'<div class="scroll"><table class="{klass}"><thead><tr>', *(f"<th>{html.escape(h)}</th>" for h in header), "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         cls = status_of[i] if status_of else ""
         out.append(f'<tr class="{cls}">')
@@ -417,7 +422,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], status_col
             attr = f' class="{" ".join(klass)}"' if klass else ""
             out.append(f"<td{attr}>{html.escape(str(cell))}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -432,21 +437,21 @@ def _html(study: StudyResult, charts: list[str], out_dir: Path) -> str:
     ]
     for note in study.notes:
         parts.append(f"<p><strong>{html.escape(note)}</strong></p>")
-    parts += ["<h2>Test cases</h2>",
+    parts += ['<h2 id="test-cases">Test cases</h2>',
               _html_table(TESTCASE_HEADER, testcase_rows(study.results), 4, status_of=statuses)]
     against = _against_original_rows(study.results)
     if against:
-        parts += ["<h2>Against the original</h2>",
+        parts += ['<h2 id="against-the-original">Against the original</h2>',
                   _html_table(("Test Case", "Scenario", "Original", "Here", "Why"), against, 3,
                               status_of=[row[3].lower() for row in against])]
-    parts += ["<h2>Results</h2>",
+    parts += ['<h2 id="results">Results</h2>',
               "<p>Response times are per message (send to full echo); memory, threads and descriptors "
               "are peaks summed over the server's processes; CPU per message is the server's user + "
               "system time, once every connection was open, divided by the messages echoed.</p>",
               _html_table(RESULTS_HEADER, results_rows(study.results), 4, numeric_from=5,
-                          status_of=statuses)]
+                          status_of=statuses, klass="results")]
     if charts:
-        parts.append("<h2>Charts</h2>")
+        parts.append('<h2 id="charts">Charts</h2>')
         for name in charts:
             data = base64.b64encode((out_dir / name).read_bytes()).decode()
             parts.append(f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
