@@ -409,7 +409,8 @@ figcaption{color:#555;font-size:.9em}code{background:#f4f4f4;padding:0 .2em}
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], status_col: int | None,
                 numeric_from: int | None = None, status_of: Sequence[str] | None = None,
                 klass: str = "") -> str:
-    out = [f'<div class="scroll"><table class="{klass}"><thead><tr>', *(f"<th>{html.escape(h)}</th>" for h in header), "</tr></thead><tbody>"]
+    out = [f'<div class="scroll"><table class="{klass}"><thead><tr>',
+           *(f"<th>{html.escape(h)}</th>" for h in header), "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         cls = status_of[i] if status_of else ""
         out.append(f'<tr class="{cls}">')
