@@ -415,12 +415,12 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], status_col
         cls = status_of[i] if status_of else ""
         out.append(f'<tr class="{cls}">')
         for j, cell in enumerate(row):
-            klass = []
+            classes = []
             if j == status_col:
-                klass.append("status")
+                classes.append("status")
             if numeric_from is not None and j >= numeric_from:
-                klass.append("num")
-            attr = f' class="{" ".join(klass)}"' if klass else ""
+                classes.append("num")
+            attr = f' class="{" ".join(classes)}"' if classes else ""
             out.append(f"<td{attr}>{html.escape(str(cell))}</td>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
