@@ -686,7 +686,7 @@ def stall_then_drain(
     stream: Stream,
     *,
     sample=None,
-    stall_s: float = 2.0,
+    stall_s: float = 1.0,
     timeout: float = 180.0,
 ) -> StallResult:
     """A client that writes ``stream`` without reading until the connection takes no more data for

@@ -439,7 +439,7 @@ def test_7_max_connections(serve, config, rng):
         _close_all(held)
     assert server.stop() == 0
     stats = server.stats()
-    assert stats["peak_concurrent"] <= m
+    assert stats["peak_concurrent"] <= m, "peak_concurrent must be the server's simultaneous peak"
     assert stats["refused"].get("max_connections", 0) >= 5
 
 
