@@ -7,6 +7,8 @@ alive for a bounded time; none of the project's servers is involved.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -190,7 +192,8 @@ def test_broken_server_is_reported(broken_server, tmp_path: Path, handler: Handl
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["connections"]["completed"] == 0
     assert s["connections"]["failed"] == 4
-    assert sum(s["errors"].values()) == 4
+    assert s["errors"] == {"interrupted": 4}
+    assert s["messages"] == {"sent": 4, "echoed": 0, "mismatched": 0}
     if reason is not None:
         assert s["errors"] == {reason: 4}
     else:  # closed before the first message: EOF or a reset, depending on timing
@@ -267,3 +270,35 @@ def test_zero_messages_only_connects(broken_server) -> None:
     assert r.ok
     assert r.summary["connections"]["completed"] == 4
     assert r.summary["messages"]["sent"] == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_ctrl_c_keeps_what_was_measured(broken_server, tmp_path: Path, processes: str) -> None:
+    waiting = threading.Semaphore(0)
+
+    def stall_counted(conn: socket.socket) -> None:
+        if recv_exact(conn, ML) is not None:
+            waiting.release()  # a message is outstanding: the run is in its message phase
+            stall(conn)
+
+    srv = broken_server(stall_counted)
+    proc = subprocess.Popen([sys.executable, "-m", "c10k", "load", "-p", str(srv.port), "-c", "4", "-n", "5",
+                             "--timeout", "30", "--processes", processes, "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for _ in range(4):
+            assert waiting.acquire(timeout=20)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["interrupted"] is True
+    assert set(s["errors"]) <= {"interrupted", "not_started"}
+    assert s["errors"] == {"interrupted": 4}
+    assert s["messages"] == {"sent": 4, "echoed": 0, "mismatched": 0}

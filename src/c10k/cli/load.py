@@ -127,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
               f"{s['connections']['requested']} connections in {s['elapsed_s']:.3f} s "
               f"({s['messages_per_s']:.0f} msg/s, connect {s['connect_s']:.3f} s); latency us "
               f"p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}; wrote {summary_path} and {csv_path}")
+    if s.get("interrupted"):
+        print(f"c10k load: interrupted; wrote what was measured to {summary_path}", file=sys.stderr)
+        return 130
     if not result.ok:
         errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "no reason recorded"
         print(f"c10k load: {s['connections']['failed']} of {s['connections']['requested']} connection(s) "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -100,7 +101,7 @@ def run_load(
         rate, duration: open loop: ``rate`` messages per second in total, for
             ``duration`` seconds, each round trip timed from its scheduled send.
         plan: a plan from ``plan_load`` (made here when None).
-        on_progress: called about every 0.1 s with a ``Progress``.
+        on_progress: called about every 0.25 s with a ``Progress``.
 
     Returns:
         A LoadResult; ``result.ok`` is True only when every connection was
@@ -179,6 +180,17 @@ def _run_here(spec: EngineSpec, requested: int, expected: int,
 
 def _child(spec: EngineSpec, conn: multiprocessing.connection.Connection, shared: Any, out: str) -> None:
     k = spec.index
+    hits = [0]
+
+    def first_sigint_only(signum: int, frame: object) -> None:
+        # Ctrl-C reaches every process of the group and the parent forwards one more:
+        # the first ends the run (the engine keeps its results), later ones must not
+        # interrupt the saving of those results.
+        hits[0] += 1
+        if hits[0] == 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first_sigint_only)
 
     def connected(established: int, failed: int) -> None:
         conn.send(("connected", established, failed))
@@ -233,27 +245,58 @@ def _supervise(procs: list[Any], pipes: list[multiprocessing.connection.Connecti
     phase = "connecting"
     index = {id(c): k for k, c in enumerate(pipes)}
     live = list(pipes)
-    while len(paths) < len(procs):
-        for c in multiprocessing.connection.wait(live, timeout=0.1):
-            assert isinstance(c, multiprocessing.connection.Connection)
-            k = index[id(c)]
+    stop_by = 0.0  # after Ctrl-C: when to give up waiting for the children's results
+    previous = None
+    try:
+        while len(paths) < len(procs):
             try:
-                msg = c.recv()
-            except EOFError:
-                raise C10kError(f"load process {k} exited unexpectedly (status {procs[k].exitcode})") from None
-            if msg[0] == "connected":
-                connected.add(k)
-                if len(connected) == len(procs):
+                _collect(live, index, procs, pipes, connected, paths, stop_by > 0)
+                if len(connected) == len(procs) and phase == "connecting" and not stop_by:
                     phase = "echoing"
-                    for p in pipes:
-                        p.send("go")
-            elif msg[0] == "done":
-                paths[k] = msg[1]
-                live.remove(c)
-            else:
-                raise C10kError(f"load process {k} failed: {msg[1]}")
-        if on_progress is not None:
-            v = list(shared)
-            on_progress(Progress(phase, requested, sum(v[0::4]), sum(v[1::4]), sum(v[2::4]), sum(v[3::4]),
-                                 expected))
+                if on_progress is not None:
+                    v = list(shared)
+                    on_progress(Progress(phase, requested, sum(v[0::4]), sum(v[1::4]), sum(v[2::4]),
+                                         sum(v[3::4]), expected))
+            except KeyboardInterrupt:
+                if stop_by:
+                    continue
+                stop_by = time.monotonic() + 15
+                previous = _ignore_sigint()
+                for k, p in enumerate(procs):
+                    if k not in paths and p.is_alive():
+                        os.kill(p.pid, signal.SIGINT)
+            if stop_by and time.monotonic() > stop_by:
+                raise C10kError("interrupted, and the load processes did not stop within 15 s")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return [ProcessResult.load(Path(paths[k])) for k in sorted(paths)]
+
+
+def _collect(live: list[multiprocessing.connection.Connection], index: dict[int, int], procs: list[Any],
+             pipes: list[multiprocessing.connection.Connection], connected: set[int], paths: dict[int, str],
+             stopping: bool) -> None:
+    for c in multiprocessing.connection.wait(live, timeout=0.1):
+        assert isinstance(c, multiprocessing.connection.Connection)
+        k = index[id(c)]
+        try:
+            msg = c.recv()
+        except EOFError:
+            raise C10kError(f"load process {k} exited unexpectedly (status {procs[k].exitcode})") from None
+        if msg[0] == "connected":
+            connected.add(k)
+            if len(connected) == len(procs) and not stopping:
+                for p in pipes:
+                    p.send("go")  # the barrier: every connection of every process is open
+        elif msg[0] == "done":
+            paths[k] = msg[1]
+            live.remove(c)
+        else:
+            raise C10kError(f"load process {k} failed: {msg[1]}")
+
+
+def _ignore_sigint() -> Any:
+    try:
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to manage
+        return None

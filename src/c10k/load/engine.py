@@ -50,8 +50,8 @@ __all__ = ["EngineSpec", "run_engine", "IP_BIND_ADDRESS_NO_PORT"]
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 _EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-_TICK_NS = 100_000_000  # progress, pacing and bookkeeping every 0.1 s
-_SCAN_NS = 250_000_000  # timeout scan every 0.25 s
+_TICK_NS = 100_000_000  # connect pacing and bookkeeping every 0.1 s
+_SCAN_NS = 250_000_000  # timeout scan and progress every 0.25 s
 _FREE, _CONNECTING, _CONNECTED, _RUNNING = 0, 1, 2, 3
 
 
@@ -146,6 +146,7 @@ class _Engine:
         self.next_scan = 0
         self.sending = not spec.barrier  # messages may flow
         self.open_loop = spec.rate > 0
+        self.interrupted = False
         self.ep = select.epoll(min(n, 65536) or 1)
         # open loop
         self.progress_ns = [0] * size if self.open_loop else []
@@ -569,8 +570,8 @@ class _Engine:
             if now >= self.next_scan:
                 self.next_scan = now + _SCAN_NS
                 self._scan_timeouts(now)
-            if self.on_progress is not None:
-                self.on_progress(self.open, self.established, self._echoed_total(), self.failed)
+                if self.on_progress is not None:
+                    self.on_progress(self.open, self.established, self._echoed_total(), self.failed)
         if self.next_connect < self.spec.connections and len(self.connecting) < self.spec.max_connecting:
             return max(0.0, (self.connect_due - now) / 1e9)
         return max(0.0, min(self.next_tick - now, _TICK_NS) / 1e9)
@@ -595,10 +596,17 @@ class _Engine:
     def run(self) -> ProcessResult:
         try:
             self._run()
+        except KeyboardInterrupt:
+            # Ctrl-C (or SIGINT from the parent) ends the run early but keeps what was measured.
+            self.interrupted = True
+            if not self.message_end_ns and self.message_start_ns:
+                self.message_end_ns = time.monotonic_ns()
         finally:
             for fd in list(self.running) + list(self.connecting) + self.established_fds:
                 if self.sock[fd] is not None:
                     self._fail(fd, "interrupted")
+            for j in range(self.next_connect, self.spec.connections):
+                self.errors[j] = "not_started"
             self.ep.close()
         return self._result()
 
@@ -651,6 +659,7 @@ class _Engine:
             "message_start_ns": self.message_start_ns if self.established else 0,
             "message_end_ns": self.message_end_ns if self.established else 0,
             "message_bytes": self.ml,
+            "interrupted": int(self.interrupted),
         }
         return ProcessResult(
             index=spec.index, first=spec.first, latency_ns=latency, sample_conn=conn,
@@ -667,7 +676,7 @@ def run_engine(spec: EngineSpec, *, on_connected: Callable[[int, int], None] | N
         spec: the connections, message and mode for this process.
         on_connected: called once with (established, failed) when the connect phase
             is over and before the first message (the barrier); it may block.
-        on_progress: called about every 0.1 s with (open, established, echoed, failed).
+        on_progress: called about every 0.25 s with (open, established, echoed, failed).
 
     Returns:
         A ProcessResult with every byte-exact round trip in nanoseconds.

@@ -190,6 +190,7 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
         "latency_us": latency_summary_us(lat),
     }
     summary["ok"] = bool(completed == requested and not errors and total["mismatched"] == 0)
+    summary["interrupted"] = any(p.counters.get("interrupted") for p in parts)
     summary["processes"] = [
         {
             "index": p.index, "pid": p.pid, "first": p.first, "connections": p.connections,
