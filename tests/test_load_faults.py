@@ -192,8 +192,7 @@ def test_broken_server_is_reported(broken_server, tmp_path: Path, handler: Handl
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["connections"]["completed"] == 0
     assert s["connections"]["failed"] == 4
-    assert s["errors"] == {"interrupted": 4}
-    assert s["messages"] == {"sent": 4, "echoed": 0, "mismatched": 0}
+    assert sum(s["errors"].values()) == 4
     if reason is not None:
         assert s["errors"] == {reason: 4}
     else:  # closed before the first message: EOF or a reset, depending on timing
