@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,41 @@ def test_usage_errors_exit_2_in_one_line(args, words):
     proc = study(*args, timeout=60)
     assert proc.returncode == 2
     assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_the_study_and_keeps_a_report_of_what_ran(tmp_path):
+    matrix = tmp_path / "two.toml"
+    matrix.write_text("[[case]]\nserver = 'poll'\nconnections = 1\nmessages = 5\n"
+                      "[[case]]\nserver = 'poll'\nconnections = 2\nrate = 1\nduration = 100\n")
+    out = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "c10k", "study", "--matrix", str(matrix), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "poll" in first and "passed" in first
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Interrupted after 1 of 2 cases." in rest
+    data = json.loads((out / "results.json").read_text())
+    assert [c["connections"] for c in data["cases"]] == [1]
+    assert "Interrupted after 1 of 2 cases." in (out / "REPORT.md").read_text()
+    assert not processes_mentioning(str(out))
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line names ``text`` (the server's stats file, the load's --out)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if any(text in part for part in p.info["cmdline"] or ()):
+            found.append(p.info["pid"])
+    return found

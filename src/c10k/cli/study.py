@@ -160,10 +160,13 @@ def run(args: argparse.Namespace) -> int:
             study = run_study(matrix, out, progress=progress)
         finally:
             progress.close()
+    if not study.results:
+        print("c10k study: interrupted before any case finished; no report", file=sys.stderr)
+        return 130
     paths = write_report(study, out)
     for note in study.notes:
         print(note)
     passed = sum(r.passed for r in study.results)
     print(f"{len(study.results)} cases: {passed} passed, {len(study.results) - passed} failed "
           f"in {study.duration_s:.0f} s; report: {paths[1]} and {paths[2]}")
-    return 0
+    return 130 if study.interrupted else 0

@@ -168,6 +168,7 @@ class StudyResult:
     started_at: str
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StudyResult:
@@ -396,17 +397,26 @@ def _now() -> str:
 
 def run_study(matrix: Matrix, out_dir: Path, commands: Commands | None = None,
               progress: ProgressCallback | None = None) -> StudyResult:
-    """Run every case of ``matrix`` in order; a failing case does not stop the study."""
+    """Run every case of ``matrix`` in order; a failing case does not stop the study.
+
+    Ctrl-C stops it: the running case's processes are stopped, and the study
+    returns what ran, with ``interrupted`` set.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     study = StudyResult(matrix.name, [], machine_facts(), _now())
     t0 = time.monotonic()
-    for case in matrix.cases:
-        if progress:
-            progress(case, None)
-        result = run_case(case, out_dir, commands)
-        study.results.append(result)
-        if progress:
-            progress(case, result)
+    try:
+        for case in matrix.cases:
+            if progress:
+                progress(case, None)
+            result = run_case(case, out_dir, commands)
+            study.results.append(result)
+            if progress:
+                progress(case, result)
+    except KeyboardInterrupt:
+        # The case's processes are already stopped (run_case's finally); keep what ran.
+        study.interrupted = True
+        study.notes.append(f"Interrupted after {len(study.results)} of {len(matrix.cases)} cases.")
     study.duration_s = time.monotonic() - t0
     return study
 
@@ -442,24 +452,28 @@ def find_limit(server: str, out_dir: Path, *, start: int = 1000, max_connections
     best: CaseResult | None = None
     first_fail: CaseResult | None = None
     n = max(1, min(start, max_connections))
-    while True:
-        r = probe(n)
-        if not r.passed:
-            first_fail = r
-            break
-        best = r
-        if n >= max_connections:
-            break
-        n = min(n * 2, max_connections)
-    if first_fail is not None and best is not None:
-        lo, hi = best.case.connections, first_fail.case.connections
-        while hi - lo > step:
-            mid = (lo + hi) // 2
-            r = probe(mid)
-            if r.passed:
-                best, lo = r, mid
-            else:
-                first_fail, hi = r, mid
+    try:
+        while True:
+            r = probe(n)
+            if not r.passed:
+                first_fail = r
+                break
+            best = r
+            if n >= max_connections:
+                break
+            n = min(n * 2, max_connections)
+        if first_fail is not None and best is not None:
+            lo, hi = best.case.connections, first_fail.case.connections
+            while hi - lo > step:
+                mid = (lo + hi) // 2
+                r = probe(mid)
+                if r.passed:
+                    best, lo = r, mid
+                else:
+                    first_fail, hi = r, mid
+    except KeyboardInterrupt:
+        study.interrupted = True
+        study.notes.append(f"Interrupted after {len(study.results)} cases; the edge is not narrowed down.")
     if best is None and first_fail is not None:
         study.notes.append(f"{server} failed already at {first_fail.case.connections} connections: "
                            f"{first_fail.reason}")
