@@ -161,6 +161,7 @@ def test_ctrl_c_stops_the_study_and_keeps_a_report_of_what_ran(tmp_path):
                             env={**os.environ, "COLUMNS": "200"})
     try:
         assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("c10k study: matrix two, 2 cases; report in ")
         first = proc.stdout.readline()
         assert "poll" in first and "passed" in first
         proc.send_signal(signal.SIGINT)

@@ -19,7 +19,8 @@ matrices:
           epoll-threads, asyncio and uvloop at 1, 1000, 2000, 10000, 30000, 35000,
           40000, 45000 and 100000 connections; 100 messages of "Gary's spamming" each;
           then fixed-rate cases (2000 messages/s in total for 5 s, most connections
-          idle): select at 100, 1000; poll, epoll, asyncio, uvloop at 100 to 15000
+          idle): select at 100, 1000; poll, epoll, asyncio, uvloop at 100 to 15000.
+          More than an hour on two cores (epoll at 100000 x 100 alone: ~15 min)
   quick   every architecture at up to 2000 connections, and select, poll, epoll
           at a fixed rate, in about two minutes
   FILE    a TOML file:
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
                              f"(known: {', '.join(SERVERS)})")
         if args.start > args.max_connections:
             raise UsageError("--start must not exceed --max")
+        print(f"c10k study: raising {args.find_limit} from {args.start:,} up to {args.max_connections:,} "
+              f"connections; report in {out}/", flush=True)
         progress = _Progress(0, f"find-limit {args.find_limit}")
         try:
             study = find_limit(args.find_limit, out, start=args.start, max_connections=args.max_connections,
@@ -155,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
             for c in matrix.cases:
                 print(f"{c.number:>3}  {c.server:<16}{c.connections:>8,} connections, {c.load_words}")
             return 0
+        print(f"c10k study: matrix {matrix.name}, {len(matrix.cases)} cases; report in {out}/", flush=True)
         progress = _Progress(len(matrix.cases), f"study {matrix.name}")
         try:
             study = run_study(matrix, out, progress=progress)
