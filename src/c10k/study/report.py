@@ -201,7 +201,9 @@ def _chart_mean_response(results: Sequence[CaseResult], path: Path) -> None:
                         va="bottom", rotation=90, fontsize=7,
                         color="#b00020" if not r.passed else "#333333")
             elif not r.passed:
-                ax.text(x, lowest / 1.5, "✗", ha="center", va="bottom", color="#b00020", fontsize=11)
+                # No response times to show: mark the failure with the server's name.
+                ax.text(x, lowest / 1.9, f"✗ {r.case.server}", ha="center", va="bottom", rotation=90,
+                        color=color, fontsize=7.5, fontweight="bold")
     ax.set_yscale("log")
     ax.set_ylim(lowest / 2, highest * 12)
     ax.set_xticks(range(len(counts)), [f"{c:,}" for c in counts])

@@ -303,6 +303,18 @@ def _watch_load(load: subprocess.Popen[bytes], sampler: ProcessTreeSampler, case
             ev.load_timed_out = True
         else:
             continue
+        return _interrupt(load)
+
+
+def _interrupt(load: subprocess.Popen[bytes]) -> int | None:
+    # SIGINT, like Ctrl-C to the load's process group: it stops and still writes
+    # summary.json and connections.csv with what it measured. SIGKILL if it lingers.
+    try:
+        os.killpg(load.pid, signal.SIGINT)
+        return load.wait(timeout=30)
+    except (ProcessLookupError, PermissionError):
+        return load.wait(timeout=5)
+    except subprocess.TimeoutExpired:
         _kill_group(load)
         return None
 
