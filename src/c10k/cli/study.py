@@ -93,7 +93,8 @@ class _Progress:
 
     def __call__(self, case: Any, result: Any) -> None:
         if result is None:
-            text = f"case {case.number}: {case.server} × {case.connections:,} connections, {case.load_words}"
+            noun = "connection" if case.connections == 1 else "connections"
+            text = f"case {case.number}: {case.server} × {case.connections:,} {noun}, {case.load_words}"
             if self._progress is not None:
                 self._progress.update(self._task, description=text)
             return
@@ -167,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
     if not study.results:
         print("c10k study: interrupted before any case finished; no report", file=sys.stderr)
         return 130
+    if sys.stdout.isatty():
+        print("writing the report and charts…", flush=True)
     paths = write_report(study, out)
     for note in study.notes:
         print(note)
