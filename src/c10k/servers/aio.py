@@ -11,6 +11,7 @@ import asyncio
 import errno
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ from c10k.servers.base import (
 )
 
 __all__ = ["AsyncioServer", "UvloopServer"]
+
+monotonic = time.monotonic
 
 
 class SheddingListener(socket.socket):
@@ -57,7 +60,7 @@ class EchoProtocol(asyncio.Protocol):
     def __init__(self, server: AsyncioServer) -> None:
         self.server = server
         self.transport: Any = None
-        self.last = server.tick
+        self.last = time.monotonic()
         self.stopping = False
 
     def connection_made(self, transport: Any) -> None:
@@ -79,7 +82,7 @@ class EchoProtocol(asyncio.Protocol):
             return  # draining after our EOF: the client's late bytes are not echoed
         self.transport.write(data)
         self.server.echoed += len(data)
-        self.last = self.server.tick
+        self.last = monotonic()
 
     def pause_writing(self) -> None:
         self.transport.pause_reading()
@@ -142,8 +145,9 @@ class AsyncioServer(Server):
         loop.set_exception_handler(self._on_loop_error)
         server = await loop.create_server(lambda: EchoProtocol(self), sock=listener, backlog=cfg.backlog)
         announce(listener.getsockname())
+        sweep = min(1.0, cfg.idle_timeout / 4) if cfg.idle_timeout else 1.0
         while not stop.is_set():
-            self.tick = loop.time()
+            self.tick = time.monotonic()
             self.refusals.tick(self.tick)
             if cfg.idle_timeout:
                 cutoff = self.tick - cfg.idle_timeout
@@ -151,7 +155,7 @@ class AsyncioServer(Server):
                     self.stats.closed_idle += 1
                     proto.transport.close()
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), sweep)
             except asyncio.TimeoutError:
                 pass
         deadline = stop_deadline(cfg.shutdown_timeout, loop.time())

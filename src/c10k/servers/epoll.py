@@ -126,22 +126,26 @@ def receive_fds(chan: socket.socket, shutdown_timeout: float) -> list[int] | flo
             return time.monotonic() + shutdown_timeout
 
 
-class SharedLimitReactor(Reactor):
-    """A reuseport worker under --max-connections: the count is the server's, not the worker's."""
+class SharedCountReactor(Reactor):
+    """A reuseport worker: live connections and their peak are counted server-wide,
+    so --max-connections and peak_concurrent mean the server's, not one worker's."""
 
-    live: Any = None  # multiprocessing.Value shared by every worker
+    live: Any = None  # multiprocessing.Value("q", [live, peak]) shared by every worker
 
     def admit(self, fd: int) -> str | None:
+        limit = self.config.max_connections
         with self.live.get_lock():
-            if self.live.value >= self.config.max_connections:
+            if limit and self.live[0] >= limit:
                 return "max_connections"
-            self.live.value += 1
+            self.live[0] += 1
+            if self.live[0] > self.live[1]:
+                self.live[1] = self.live[0]
         return None
 
     def _close(self, conn: Conn) -> None:
         if conn.fd in self.conns:
             with self.live.get_lock():
-                self.live.value -= 1
+                self.live[0] -= 1
         super()._close(conn)
 
 
@@ -164,8 +168,8 @@ class EpollServer(Server):
         self.refusals = RefusalLog()
         self.shutdown = ShutdownSignal()
         self.live_total: Any = None
-        if self.reuseport and cfg.max_connections:
-            self.live_total = multiprocessing.Value("q", 0)
+        if self.reuseport:
+            self.live_total = multiprocessing.Array("q", 2)  # live, peak
         self.ep = select.epoll()
         self.ep.register(self.shutdown.wake_fd, select.EPOLLIN)
         # Handoff: the acceptor's listener. Reuseport: the first worker's,
@@ -287,12 +291,12 @@ class EpollServer(Server):
         shutdown = ShutdownSignal() if own else None
         stats = Stats()
         chan.setblocking(False)
-        cls = SharedLimitReactor if self.live_total is not None else Reactor
+        cls = SharedCountReactor if self.live_total is not None else Reactor
         reactor = cls(EpollPoller(), self.config, stats, listener=listener, shutdown=shutdown,
                       inbox=(chan.fileno(), lambda: receive_fds(chan, self.config.shutdown_timeout)),
                       on_change=lambda: self.slots.publish(index, stats),
                       on_close=lambda closed: self.slots.set_closed(index, closed))
-        if isinstance(reactor, SharedLimitReactor):
+        if isinstance(reactor, SharedCountReactor):
             reactor.live = self.live_total
         chan.send(READY)
         reactor.run()
@@ -458,6 +462,7 @@ class EpollServer(Server):
         for index in range(self.next_index):
             total.add_row(self.slots.row(index))
         if self.reuseport:
+            total.peak_concurrent = self.live_total[1]
             self.stats = total
             return
         self.stats.bytes_echoed = total.bytes_echoed

@@ -380,6 +380,10 @@ class Reactor:
     def _slow_event(self, conn: Conn, ev: int) -> None:
         if ev & OUT and not self._flush(conn):
             return
+        if ev & ERR and conn.out is not None and not self._flush(conn):
+            # Reset or hung up while owing bytes to a paused reader: the read
+            # below would not happen (paused), so the write tells us it is gone.
+            return
         if ev & READ_EVENTS:
             conn.last = self.now
             self._read_more(conn)
