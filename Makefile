@@ -1,5 +1,6 @@
 # c10k: `make run` sets everything up and runs the main job; `make test` sets up and runs the tests.
 PYTHON ?= python3
+MATRIX ?= seed
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -8,14 +9,16 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# The main job: the study over the seed matrix (the original's test cases and
+# more), report in results/. `make run MATRIX=quick` for a two-minute look.
 run: $(STAMP)
-	$(BIN)/python -m c10k.demo
+	$(BIN)/c10k doctor
+	$(BIN)/c10k study --matrix $(MATRIX) --out results
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
