@@ -88,7 +88,8 @@ def memory_per_connection_kib(r: CaseResult) -> float | None:
     u = r.usage
     if not u.samples or r.case.connections < 100:
         return None
-    peak = (r.stats or {}).get("peak_concurrent") or r.case.connections
+    # Divide by the connections the server really held: its own count, else its descriptors.
+    peak = (r.stats or {}).get("peak_concurrent") or min(r.case.connections, max(1, u.peak_fds))
     return max(0, u.peak_rss_bytes - u.idle_rss_bytes) / max(1, peak) / 1024
 
 
@@ -270,14 +271,14 @@ def _chart_percentiles(results: Sequence[CaseResult], path: Path) -> None:
 
 
 def _chart_metric(panels: Sequence[tuple[Sequence[CaseResult], str]], path: Path, metric: Any,
-                  ylabel: str, title: str, note: str) -> None:
+                  ylabel: str, title: str, note: str, log_y: bool = False) -> None:
     # Each panel its own scale: a fixed rate costs select() and poll() far more per message.
     fig, axes = plt.subplots(1, len(panels), figsize=(9 if len(panels) == 1 else 13, 5.4), squeeze=False)
     largest = max(r.case.connections for results, _ in panels for r in results)
     for ax, (results, subtitle) in zip(axes[0], panels, strict=True):
         for server in _servers_in(results):
             pts = sorted((r.case.connections, v, r.passed) for r in results
-                         if r.case.server == server and (v := metric(r)) is not None)
+                         if r.case.server == server and (v := metric(r)) is not None and (v > 0 or not log_y))
             if not pts:
                 continue
             xs, ys, ok = zip(*pts, strict=True)
@@ -288,7 +289,10 @@ def _chart_metric(panels: Sequence[tuple[Sequence[CaseResult], str]], path: Path
                 bx, by = zip(*bad, strict=True)
                 ax.scatter(bx, by, marker="x", color="#b00020", s=60, zorder=4)
         _count_axis(ax, largest)
-        ax.set_ylim(bottom=0)
+        if log_y:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("concurrent connections (log scale)")
         if subtitle:
             ax.set_title(subtitle, fontsize=10)
@@ -325,8 +329,8 @@ def _write_charts(results: Sequence[CaseResult], out_dir: Path) -> list[str]:
                   "user + system time of every server process, from the moment it held every "
                   "connection (accepting them is left out) to the end of the load")
     _chart_metric([(closed, "")], out_dir / CHARTS[3], memory_per_connection_kib,
-                  "server memory per connection (KiB)", "Server memory per connection",
-                  "(peak RSS − idle RSS) ÷ connections, summed over the server's processes")
+                  "server memory per connection (KiB, log scale)", "Server memory per connection",
+                  "(peak RSS − idle RSS) ÷ connections, summed over the server's processes", log_y=True)
     return list(CHARTS)
 
 
