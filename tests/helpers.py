@@ -41,6 +41,7 @@ __all__ = [
     "random_bytes",
     "random_chunks",
     "wait_until",
+    "settled",
     "socket_fd_count",
     "is_refused",
     "reset_close",
@@ -83,6 +84,20 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
             break
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+def settled(value_fn, hold: float = 1.0, timeout: float = 30.0, what: str = "value"):
+    """The value of ``value_fn()`` once it has not changed for ``hold`` seconds (sampled every
+    0.1 s), e.g. a server's descriptor count after the clients it served have gone."""
+    history: list = []
+    n = max(2, int(hold / 0.1) + 1)
+
+    def still():
+        history.append(value_fn())
+        return len(history) >= n and len(set(history[-n:])) == 1
+
+    wait_until(still, timeout, interval=0.1, what=f"{what} to settle (last {history[-5:]})")
+    return history[-1]
 
 
 # --------------------------------------------------------------------------- server process

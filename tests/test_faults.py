@@ -35,6 +35,7 @@ from helpers import (
     drive,
     echo_once,
     read_until_closed,
+    settled,
     stall_then_drain,
     wait_until,
 )
@@ -77,14 +78,9 @@ def test_1_descriptor_exhaustion(serve, config, rng):
     assert _serves(server.address)
     socks = connect_many(server.address, 300, source="127.0.0.2")
     try:
-        history = []
-
-        def settled():  # the server took what it could: its socket count holds still for 1 s
-            history.append(server.socket_count())
-            return len(history) >= 5 and len(set(history[-5:])) == 1
-
-        wait_until(settled, 30, interval=0.25, what="the server's socket count to settle")
-        assert history[-1] - rest < 300, "the server held all 300 connections under RLIMIT_NOFILE 128"
+        # the server took what it could: its socket count holds still for 1 s
+        held = settled(server.socket_count, hold=1.0, timeout=30, what="the server's socket count") - rest
+        assert held < 300, "the server held all 300 connections under RLIMIT_NOFILE 128"
         # measurement window: CPU time of the whole tree while it is saturated
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
         time.sleep(3.0)
@@ -159,7 +155,7 @@ def test_4_resets_mid_stream(serve, config, rng):
     SO_LINGER 0: the rest stay byte-exact and the server's descriptor count returns to baseline."""
     server = serve.config(config)
     _warm_up(server, rng, size=64 * 1024)
-    baseline = server.fd_count()
+    baseline = settled(server.fd_count, what="server descriptor count after the warm-up")
     total, wave = 5000, 500
     resets = set(rng.sample(range(total), total * 3 // 10))
     exact = 0

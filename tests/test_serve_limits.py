@@ -25,6 +25,7 @@ from helpers import (
     drive,
     echo_once,
     read_until_closed,
+    settled,
     socket_fd_count,
     stall_then_drain,
     wait_until,
@@ -133,8 +134,9 @@ def test_epoll_handoff_spreads_10000_connections_and_acceptor_leaks_nothing(serv
     wait_until(lambda: len(server.workers()) == workers_n, 30, what=f"{workers_n} worker processes")
     assert echo_once(server.address) == b"ping"
     acceptor = server.ps()
-    base_acceptor_fds = acceptor.num_fds()
     workers = server.workers()
+    settled(server.socket_count, what="server sockets after the first echo")
+    base_acceptor_fds = acceptor.num_fds()
     base = {w.pid: socket_fd_count(w.pid) for w in workers}
 
     socks = connect_many(server.address, n, source="127.0.0.2", timeout=120)
