@@ -46,6 +46,12 @@ __all__ = [
     "is_refused",
     "reset_close",
     "read_until_closed",
+    "server_command",
+    "MiB",
+    "Stream",
+    "StallResult",
+    "stall_then_drain",
+    "PeakSampler",
 ]
 
 #: Every server configuration the behaviour suite runs against: id -> `c10k serve` arguments.
