@@ -150,8 +150,22 @@ def test_usage_errors_exit_2_in_one_line(args, words):
     assert words in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_report_only_rebuilds_the_report_from_results_json(reduced_run, tmp_path):
+    _, out = reduced_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "results.json").write_text((out / "results.json").read_text())
+    proc = study("--report-only", "--out", str(copy), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (copy / "REPORT.md").read_text().count("\n| ") == (out / "REPORT.md").read_text().count("\n| ")
+    assert all((copy / name).exists() for name in CHARTS)
+    missing = study("--report-only", "--out", str(tmp_path / "nothing"), timeout=60)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
 @pytest.mark.timeout(120)
-def test_ctrl_c_stops_the_study_and_keeps_a_report_of_what_ran(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_study_and_keeps_a_report_of_what_ran(tmp_path, signum):
     matrix = tmp_path / "two.toml"
     matrix.write_text("[[case]]\nserver = 'poll'\nconnections = 1\nmessages = 5\n"
                       "[[case]]\nserver = 'poll'\nconnections = 2\nrate = 1\nduration = 100\n")
@@ -164,7 +178,7 @@ def test_ctrl_c_stops_the_study_and_keeps_a_report_of_what_ran(tmp_path):
         assert proc.stdout.readline().startswith("c10k study: matrix two, 2 cases; report in ")
         first = proc.stdout.readline()
         assert "poll" in first and "passed" in first
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         rest, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--messages", type=int, metavar="N",
                    help="messages per connection, overriding the matrix's")
     p.add_argument("--list", action="store_true", help="print the cases and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from OUT/results.json (e.g. of a run cut short) without running")
     g = p.add_argument_group("escalation")
     g.add_argument("--find-limit", metavar="SERVER",
                    help="raise the connection count until SERVER fails (instead of a matrix)")
@@ -118,6 +121,27 @@ class _Progress:
             self._progress.stop()
 
 
+def _as_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _report_only(out: Path) -> int:
+    import json
+
+    from c10k.study import StudyResult, write_report
+
+    try:
+        data = json.loads((out / "results.json").read_text())
+        study = StudyResult.from_json(data)
+    except OSError as exc:
+        raise UsageError(f"--report-only: cannot read {out / 'results.json'} ({exc.strerror})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--report-only: {out / 'results.json'} is not a study's results ({exc})") from None
+    paths = write_report(study, out)
+    print(f"{len(study.results)} cases; report: {paths[1]} and {paths[2]}")
+    return 0
+
+
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UsageError(f"{name} must be at least 1")
@@ -134,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
+    if args.report_only:
+        return _report_only(out)
+    # SIGTERM and SIGHUP stop the study like Ctrl-C, so the running case's
+    # server and load (in their own sessions) are stopped too, not orphaned.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _as_keyboard_interrupt)
 
     if args.find_limit:
         if args.find_limit not in SERVERS:

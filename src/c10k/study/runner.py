@@ -45,6 +45,7 @@ __all__ = [
     "StudyResult",
     "run_case",
     "run_study",
+    "write_results",
     "find_limit",
     "machine_facts",
 ]
@@ -407,12 +408,21 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def write_results(study: StudyResult, path: Path) -> None:
+    """Write results.json atomically (the runner does after every case)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(study.to_json(), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def run_study(matrix: Matrix, out_dir: Path, commands: Commands | None = None,
               progress: ProgressCallback | None = None) -> StudyResult:
     """Run every case of ``matrix`` in order; a failing case does not stop the study.
 
     Ctrl-C stops it: the running case's processes are stopped, and the study
-    returns what ran, with ``interrupted`` set.
+    returns what ran, with ``interrupted`` set. ``out_dir/results.json`` is
+    rewritten after every case, so a run cut short still leaves its results
+    (``c10k study --report-only`` turns them into a report).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     study = StudyResult(matrix.name, [], machine_facts(), _now())
@@ -423,6 +433,8 @@ def run_study(matrix: Matrix, out_dir: Path, commands: Commands | None = None,
                 progress(case, None)
             result = run_case(case, out_dir, commands)
             study.results.append(result)
+            study.duration_s = time.monotonic() - t0
+            write_results(study, out_dir / "results.json")
             if progress:
                 progress(case, result)
     except KeyboardInterrupt:
@@ -457,6 +469,8 @@ def find_limit(server: str, out_dir: Path, *, start: int = 1000, max_connections
             progress(case, None)
         result = run_case(case, out_dir, commands)
         study.results.append(result)
+        study.duration_s = time.monotonic() - t0
+        write_results(study, out_dir / "results.json")
         if progress:
             progress(case, result)
         return result
