@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
+from c10k.errors import UsageError
 from c10k.limits import raise_nofile
 from c10k.servers import ARCHITECTURES, ServerConfig, make_server
 from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
@@ -96,9 +99,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.low_watermark > args.high_watermark:
-        args.parser_error = True
-        from c10k.errors import UsageError
-
         raise UsageError("--low-watermark must not exceed --high-watermark")
     config = ServerConfig(
         host=args.host,
@@ -119,5 +119,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_workers:
         config.max_workers = args.max_workers
     raise_nofile()
-    make_server(args.architecture, config).serve()
+    server = make_server(args.architecture, config)
+    server.serve()
+    if server.exit_at_once:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

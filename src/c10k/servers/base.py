@@ -192,6 +192,8 @@ class Server:
     """One architecture. Subclasses set ``name`` and implement ``serve``."""
 
     name = ""
+    #: the command should end the process with os._exit once serve() returns
+    exit_at_once = False
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
