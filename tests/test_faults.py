@@ -107,6 +107,7 @@ def test_1_descriptor_exhaustion(serve, config, rng):
 # --------------------------------------------------------------------------- 2. a reader that never reads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIG_IDS)
 def test_2_reader_that_never_reads(serve, config, rng):
     """256 MiB sent, nothing read: server memory < 8 MiB above baseline; then every byte back in order."""
@@ -149,6 +150,7 @@ def test_3_half_close_under_load(serve, config, rng):
 # --------------------------------------------------------------------------- 4. resets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIG_IDS)
 def test_4_resets_mid_stream(serve, config, rng):
     """5,000 connections (in waves of 500, so select can hold each wave), 30% reset mid-stream with
