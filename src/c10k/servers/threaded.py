@@ -144,6 +144,7 @@ class ThreadedServer(Server):
             conn = _Conn(sock)
             with self.lock:
                 self.conns.add(conn)
+                live = len(self.conns)  # now: by the time start() returns, others may have ended
             try:
                 threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
             except (RuntimeError, MemoryError) as exc:
@@ -154,8 +155,8 @@ class ThreadedServer(Server):
                 refusals.note("thread_start", f"a thread could not start ({exc})", time.monotonic())
                 continue
             self.stats.accepted += 1
-            if len(self.conns) > self.stats.peak_concurrent:
-                self.stats.peak_concurrent = len(self.conns)
+            if live > self.stats.peak_concurrent:
+                self.stats.peak_concurrent = live
 
     def _serve_one(self, conn: _Conn) -> None:
         sock = conn.sock
