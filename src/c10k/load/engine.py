@@ -129,7 +129,7 @@ class _Engine:
         self.errors = [""] * n
         self.sources = [""] * n
         self.rbuf = bytearray(max(self.ml, 1))
-        self.lat = array("q", bytes(8 * n * spec.count)) if not spec.rate else array("q")
+        self.lat = array("q", [0]) * (n * spec.count) if not spec.rate else array("q")
         self.sample_conn = array("i")
         # counters
         self.next_connect = 0  # local connection to start next
@@ -160,6 +160,7 @@ class _Engine:
         self.ne = 0
         self.period_ns = 0.0
         self.open_t0 = 0
+        self.sends_done = False
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -506,6 +507,9 @@ class _Engine:
             off += ml
         self.echoed[j] = m
         self.progress_ns[fd] = t
+        if m == sent and self.sends_done:
+            self._finish(fd)
+            return
         rest = len(data) - off
         if rest:
             buf = self.pbuf.get(fd)
@@ -547,8 +551,10 @@ class _Engine:
                 sent[j] += 1
                 self._send(fd, msg)
             if seq >= total:
-                for fd in [fd for fd in self.running if self.sent[self.conn[fd]] == self.echoed[self.conn[fd]]]:
-                    self._finish(fd)
+                if not self.sends_done:  # from now on each connection ends with its last echo
+                    self.sends_done = True
+                    for fd in [fd for fd, j in self.running.items() if sent[j] == self.echoed[j]]:
+                        self._finish(fd)
                 if not self.running:
                     break
                 wait = 0.05
