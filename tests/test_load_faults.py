@@ -301,3 +301,17 @@ def test_ctrl_c_keeps_what_was_measured(broken_server, tmp_path: Path, processes
     assert set(s["errors"]) <= {"interrupted", "not_started"}
     assert s["errors"] == {"interrupted": 4}
     assert s["messages"] == {"sent": 4, "echoed": 0, "mismatched": 0}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_progress_reports_while_waiting(broken_server, processes: int) -> None:
+    srv = broken_server(stall)
+    seen = []
+    r = run_load("127.0.0.1", srv.port, connections=4, count=2, processes=processes, timeout=0.8,
+                 on_progress=seen.append)
+    assert r.summary["errors"] == {"timeout": 4}
+    assert seen, "no progress while waiting 0.8 s for echoes"
+    assert {p.phase for p in seen} <= {"connecting", "echoing"}
+    assert all(p.requested == 4 and p.expected_messages == 8 and p.echoed == 0 for p in seen)
+    assert max(p.established for p in seen) == 4
