@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Open CONNECTIONS connections to an echo server (all at once by default), send MESSAGE "
                     "COUNT times on each, check every echo byte for byte and time every round trip. "
                     "Writes OUT/summary.json and OUT/connections.csv. Exit 0 only when every "
-                    "connection was established and every message came back byte-exact.")
+                    "connection was established and every message came back byte-exact, 1 otherwise, 2 for "
+                    "usage errors, 130 after Ctrl-C (what was measured is still written).")
     # Defaults are None so that "no arguments at all" can be told apart (the interactive mode).
     p.add_argument("--host", help=f"server host (default {DEFAULTS['host']})")
     p.add_argument("-p", "--port", type=int, help=f"server port (default {DEFAULTS['port']})")
