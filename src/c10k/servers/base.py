@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
 
 __all__ = [
     "ServerConfig", "Stats", "Server", "open_listener", "ShutdownSignal", "RefusalLog", "DescriptorReserve",
-    "log", "announce", "stop_deadline",
+    "log", "announce", "stop_deadline", "accept_ready",
 ]
 
 #: Reasons a connection is closed at once, as the stats file names them.
@@ -291,3 +292,34 @@ class DescriptorReserve:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+#: accepts per readiness event: enough to drain a burst, few enough that one
+#: listener cannot starve the connections sharing its loop
+ACCEPT_BATCH = 256
+
+
+def accept_ready(listener: socket.socket, reserve: DescriptorReserve | None, on_shed: Callable[[], None],
+                 limit: int = ACCEPT_BATCH) -> Iterator[int]:
+    """Accept the clients waiting on a non-blocking listener, as raw descriptors.
+
+    Out of descriptors (EMFILE, ENFILE), the reserve sheds one waiting client
+    and ``on_shed`` counts it. Errors that concern one client only (it gave up
+    before we accepted it) are skipped; anything else is logged and ends the batch.
+    """
+    for _ in range(limit):
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                if reserve is not None and reserve.shed(listener):
+                    on_shed()
+                    continue
+                return
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                continue
+            log(f"accept failed: {exc.strerror}")
+            return
+        yield sock.detach()

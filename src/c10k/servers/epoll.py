@@ -28,7 +28,6 @@ SO_REUSEPORT).
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
 import select
@@ -47,12 +46,13 @@ from c10k.servers.base import (
     Server,
     ShutdownSignal,
     Stats,
+    accept_ready,
     announce,
     log,
     open_listener,
     stop_deadline,
 )
-from c10k.servers.reactor import ACCEPT_BATCH, Conn, EpollPoller, Reactor
+from c10k.servers.reactor import Conn, EpollPoller, Reactor
 
 __all__ = ["EpollServer"]
 
@@ -360,20 +360,7 @@ class EpollServer(Server):
         load = {w: w.handed - self.slots.closed(w.index) for w in self._alive()}
         live = sum(load.values())
         batch: dict[Worker, list[int]] = {}
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, _addr = self.listener.accept()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self._shed_one()
-                    continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                    continue
-                log(f"accept failed: {exc.strerror}")
-                break
-            fd = sock.detach()
+        for fd in accept_ready(self.listener, self.reserve, self._count_shed):
             if limit and live >= limit:
                 self._refuse(fd, "max_connections", f"--max-connections {limit} reached")
                 continue
@@ -419,11 +406,9 @@ class EpollServer(Server):
             for fd in chunk:
                 os.close(fd)
 
-    def _shed_one(self) -> None:
-        assert self.listener is not None
-        if self.reserve is not None and self.reserve.shed(self.listener):
-            self.stats.refused["descriptor_limit"] += 1
-            self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, time.monotonic())
+    def _count_shed(self) -> None:
+        self.stats.refused["descriptor_limit"] += 1
+        self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, time.monotonic())
 
     # -- stopping ---------------------------------------------------------------
 

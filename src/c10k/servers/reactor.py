@@ -26,7 +26,6 @@ asking for POLLIN while a connection may not read.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import socket
@@ -40,7 +39,7 @@ from c10k.servers.base import (
     ServerConfig,
     ShutdownSignal,
     Stats,
-    log,
+    accept_ready,
     stop_deadline,
 )
 from c10k.servers.echo import EchoBuffer
@@ -53,7 +52,6 @@ ERR = select.POLLERR | select.POLLHUP
 RDHUP = 0x2000  # POLLRDHUP == EPOLLRDHUP on Linux
 READ_EVENTS = IN | ERR | RDHUP
 READ_SIZE = 65536
-ACCEPT_BATCH = 256
 
 # Connection states.
 OPEN = 0  # echoing
@@ -255,20 +253,7 @@ class Reactor:
 
     def _accept(self) -> None:
         assert self.listener is not None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, _addr = self.listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self._shed_one()
-                    continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                    continue
-                log(f"accept failed: {exc.strerror}")
-                return
-            fd = sock.detach()
+        for fd in accept_ready(self.listener, self.reserve, self._count_shed):
             reason = self.admit(fd)
             if reason is not None:
                 os.close(fd)
@@ -278,11 +263,9 @@ class Reactor:
             os.set_blocking(fd, False)
             self.add(fd)
 
-    def _shed_one(self) -> None:
-        assert self.listener is not None
-        if self.reserve.shed(self.listener):
-            self.stats.refused["descriptor_limit"] += 1
-            self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, self.now)
+    def _count_shed(self) -> None:
+        self.stats.refused["descriptor_limit"] += 1
+        self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, self.now)
 
     # -- the loop -------------------------------------------------------------
 

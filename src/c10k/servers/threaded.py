@@ -30,6 +30,7 @@ from c10k.servers.base import (
     RefusalLog,
     Server,
     ShutdownSignal,
+    accept_ready,
     announce,
     open_listener,
     stop_deadline,
@@ -124,17 +125,12 @@ class ThreadedServer(Server):
 
     def _accept(self, listener: socket.socket, reserve: DescriptorReserve, refusals: RefusalLog) -> None:
         limit = self.config.max_connections
-        for _ in range(256):
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in (24, 23) and reserve.shed(listener):  # EMFILE, ENFILE
-                    self.stats.refused["descriptor_limit"] += 1
-                    refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, time.monotonic())
-                    continue
-                return
+        def count_shed() -> None:
+            self.stats.refused["descriptor_limit"] += 1
+            refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, time.monotonic())
+
+        for fd in accept_ready(listener, reserve, count_shed):
+            sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
             if limit and len(self.conns) >= limit:
                 sock.close()
                 self.stats.refused["max_connections"] += 1
