@@ -151,6 +151,7 @@ class _Engine:
         self.sending = not spec.barrier  # messages may flow
         self.open_loop = spec.rate > 0
         self.interrupted = False
+        self.cpu_start = self.cpu_end = 0.0  # process CPU time (user + system) around the message phase
         self.ep = select.epoll(min(n, 65536) or 1)
         # open loop
         self.progress_ns = [0] * size if self.open_loop else []
@@ -614,6 +615,7 @@ class _Engine:
             if not self.message_end_ns and self.message_start_ns:
                 self.message_end_ns = time.monotonic_ns()
         finally:
+            self.cpu_end = time.process_time()
             for fd in list(self.running) + list(self.connecting) + self.established_fds:
                 if self.sock[fd] is not None:
                     self._fail(fd, "interrupted")
@@ -624,6 +626,7 @@ class _Engine:
 
     def _run(self) -> None:
         spec = self.spec
+        self.cpu_start = time.process_time()
         self._start_connects(time.monotonic_ns())
         if spec.barrier or self.open_loop:
             self.sending = False
@@ -631,6 +634,7 @@ class _Engine:
             if self.on_connected is not None:
                 self.on_connected(self.established, self.failed)
             self.sending = True
+            self.cpu_start = time.process_time()  # CPU of the message phase only
             if self.open_loop:
                 self._run_open()
                 self.message_end_ns = time.monotonic_ns()
@@ -672,6 +676,7 @@ class _Engine:
             "message_end_ns": self.message_end_ns if self.established else 0,
             "message_bytes": self.ml,
             "interrupted": int(self.interrupted),
+            "cpu_us": int((self.cpu_end - self.cpu_start) * 1e6),
         }
         return ProcessResult(
             index=spec.index, first=spec.first, latency_ns=latency, sample_conn=conn,

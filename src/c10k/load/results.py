@@ -202,8 +202,13 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
         }
         for p in parts
     ]
-    for row in summary["processes"]:
+    for row, p in zip(summary["processes"], parts, strict=True):
         row["messages_per_s"] = round(row["echoed"] / row["elapsed_s"], 3) if row["elapsed_s"] > 0 else 0.0
+        row["cpu_s"] = round(p.counters.get("cpu_us", 0) / 1e6, 6)
+    # the load's own CPU time (user + system, all processes) over the message phase
+    summary["client_cpu_s"] = round(sum(row["cpu_s"] for row in summary["processes"]), 6)
+    summary["client_cpu_us_per_message"] = (round(summary["client_cpu_s"] * 1e6 / total["echoed"], 3)
+                                            if total["echoed"] else None)
     if extra:
         summary.update(extra)
 
