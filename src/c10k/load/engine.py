@@ -37,6 +37,7 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import resource
 import select
@@ -698,4 +699,12 @@ def run_engine(spec: EngineSpec, *, on_connected: Callable[[int, int], None] | N
     Returns:
         A ProcessResult with every byte-exact round trip in nanoseconds.
     """
-    return _Engine(spec, on_connected, on_progress).run()
+    # The hot loop allocates a tuple per epoll event, which keeps triggering the cyclic
+    # GC (measured: ~6% of the interpreter's time); it creates no cycles, so pause it.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _Engine(spec, on_connected, on_progress).run()
+    finally:
+        if was_enabled:
+            gc.enable()
