@@ -524,7 +524,8 @@ class _Engine:
 
     def _run_open(self) -> None:
         spec = self.spec
-        fds = list(self.established_fds)
+        # connections still open at the barrier (a descriptor closed early may be listed twice)
+        fds = [fd for fd in dict.fromkeys(self.established_fds) if self.state[fd] == _CONNECTED]
         self.ne = ne = len(fds)
         self.slot = {fd: k for k, fd in enumerate(fds)}
         total = int(round(spec.rate * spec.duration)) if ne else 0
