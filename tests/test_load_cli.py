@@ -88,13 +88,13 @@ def test_make_message_is_exact() -> None:
 def test_explicit_source_ip_is_used(tmp_path: Path) -> None:
     srv = ThreadServer(echo)
     try:
-        status = main(["load", "-p", str(srv.port), "-c", "3", "-n", "2", "--source-ip", "127.0.0.3",
-                       "--out", str(tmp_path), "-q"])
+        status = main(["load", "-p", str(srv.port), "-c", "4", "-n", "2", "--source-ip", "127.0.0.3,127.0.0.4",
+                       "--processes", "2", "--out", str(tmp_path), "-q"])
     finally:
         srv.close()
     assert status == 0
     rows = (tmp_path / "connections.csv").read_text().splitlines()[1:]
-    assert all(",127.0.0.3:" in row for row in rows)
+    assert [row.split(",")[1].rsplit(":", 1)[0] for row in rows] == ["127.0.0.3", "127.0.0.4"] * 2
 
 
 def test_prompts_when_no_arguments_on_a_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
