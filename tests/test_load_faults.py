@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from c10k.cli import main
-from c10k.load import DEFAULT_MESSAGE, run_load
+from c10k.load import DEFAULT_MESSAGE, Progress, run_load
 
 ML = len(DEFAULT_MESSAGE)
 Handler = Callable[[socket.socket], None]
@@ -307,7 +307,7 @@ def test_ctrl_c_keeps_what_was_measured(broken_server, tmp_path: Path, processes
 @pytest.mark.parametrize("processes", [1, 2])
 def test_progress_reports_while_waiting(broken_server, processes: int) -> None:
     srv = broken_server(stall)
-    seen = []
+    seen: list[Progress] = []
     r = run_load("127.0.0.1", srv.port, connections=4, count=2, processes=processes, timeout=0.8,
                  on_progress=seen.append)
     assert r.summary["errors"] == {"timeout": 4}
