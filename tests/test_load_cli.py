@@ -115,3 +115,9 @@ def test_prompts_when_no_arguments_on_a_terminal(monkeypatch: pytest.MonkeyPatch
     s = json.loads((tmp_path / "results" / "load" / "summary.json").read_text())
     assert s["messages"]["echoed"] == 6 and s["message_bytes"] == 15
     assert "6 echoed on 2/2 connections" in capsys.readouterr().out
+
+
+def test_unwritable_out_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["load", "-p", "9", "-q", "--out", "/proc/no-such-dir/out"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("c10k load: error: cannot create --out")

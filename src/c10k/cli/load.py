@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-from c10k.errors import UsageError
+from c10k.errors import C10kError, UsageError
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1", "port": 7000, "count": 100, "connections": 1, "connect_rate": 0.0,
@@ -111,13 +112,20 @@ def run(args: argparse.Namespace) -> int:
            options["timeout"], options["rate"], options["duration"])
     plan = plan_load(args.host, args.port, args.connections, processes=args.processes,
                      source_ips=options["source_ips"], samples=samples)
+    try:  # before the run, so that a long run cannot end in "cannot write"
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise C10kError(f"cannot create --out {args.out}: {exc.strerror or exc}") from None
     if not quiet:
         print(plan.describe(), flush=True)
     if live:
         result = _run_with_bar(args, plan, options)
     else:
         result = run_load(args.host, args.port, plan=plan, **options)
-    summary_path, csv_path = write_results(result, args.out)
+    try:
+        summary_path, csv_path = write_results(result, args.out)
+    except OSError as exc:
+        raise C10kError(f"cannot write results to {args.out}: {exc.strerror or exc}") from None
     s = result.summary
     if live:
         _print_table(s)
