@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from c10k.errors import C10kError, UsageError
+from c10k.limits import nofile_limits
 from c10k.load.engine import EngineSpec, run_engine
 from c10k.load.plan import LoadPlan, plan_load
 from c10k.load.results import LoadResult, ProcessResult, merge_results, write_results
@@ -129,7 +131,15 @@ def run_load(
     if len(specs) == 1:
         parts = [_run_here(specs[0], connections, expected, on_progress)]
     else:
-        parts = _run_forked(specs, connections, expected, on_progress)
+        try:
+            parts = _run_forked(specs, connections, expected, on_progress)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # The parent keeps a pipe and a sentinel per load process.
+            raise C10kError(f"out of descriptors starting {len(specs)} load processes "
+                            f"(RLIMIT_NOFILE {nofile_limits()[0]}): raise the limit or use fewer connections"
+                            ) from None
     extra: dict[str, Any] = {
         "mode": "open" if open_loop else "closed",
         "message_bytes": len(message),
