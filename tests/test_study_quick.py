@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_study_cli import md_table, study
 
 from c10k.study.cases import quick_matrix
+from test_study_cli import md_table, study
 
 
 @pytest.mark.slow
