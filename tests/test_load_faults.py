@@ -275,11 +275,12 @@ def test_zero_messages_only_connects(broken_server) -> None:
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_ctrl_c_keeps_what_was_measured(broken_server, tmp_path: Path, processes: str) -> None:
     waiting = threading.Semaphore(0)
+    done = threading.Event()
 
     def stall_counted(conn: socket.socket) -> None:
         if recv_exact(conn, ML) is not None:
             waiting.release()  # a message is outstanding: the run is in its message phase
-            stall(conn)
+            done.wait(40)  # hold it (no echo, no close) until the test has seen the client stop
 
     srv = broken_server(stall_counted)
     proc = subprocess.Popen([sys.executable, "-m", "c10k", "load", "-p", str(srv.port), "-c", "4", "-n", "5",
@@ -291,6 +292,7 @@ def test_ctrl_c_keeps_what_was_measured(broken_server, tmp_path: Path, processes
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
         _, err = proc.communicate(timeout=30)
     finally:
+        done.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
