@@ -324,10 +324,12 @@ def _write_charts(results: Sequence[CaseResult], out_dir: Path) -> list[str]:
     if fixed:
         rate = fixed[0].case.rate or 0
         panels.append((fixed, f"fixed rate: {rate:,} messages/s over all connections (most idle)"))
-    _chart_metric(panels, out_dir / CHARTS[2], cpu_per_message_us, "server CPU per message (µs)",
+    # Log scale: the thread-per-connection server pays milliseconds per message
+    # where the others pay microseconds; a linear axis would flatten them all.
+    _chart_metric(panels, out_dir / CHARTS[2], cpu_per_message_us, "server CPU per message (µs, log scale)",
                   "Server CPU per echoed message against connections",
                   "user + system time of every server process, from the moment it held every "
-                  "connection (accepting them is left out) to the end of the load")
+                  "connection (accepting them is left out) to the end of the load", log_y=True)
     _chart_metric([(closed, "")], out_dir / CHARTS[3], memory_per_connection_kib,
                   "server memory per connection (KiB, log scale)", "Server memory per connection",
                   "(peak RSS − idle RSS) ÷ connections, summed over the server's processes", log_y=True)
