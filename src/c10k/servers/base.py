@@ -67,10 +67,6 @@ class Stats:
         self.closed_idle = 0
         self.refused: Counter[str] = Counter()
 
-    @property
-    def current(self) -> int:
-        return self.accepted - self.closed
-
     def as_row(self) -> list[int]:
         """Flat numbers, for a shared-memory slot (see epoll.py)."""
         return [getattr(self, f) for f in self.FIELDS] + [self.refused[r] for r in REFUSAL_REASONS]
@@ -79,11 +75,9 @@ class Stats:
     def row_size(cls) -> int:
         return len(cls.FIELDS) + len(REFUSAL_REASONS)
 
-    def add_row(self, row: list[int], sum_peaks: bool = True) -> None:
+    def add_row(self, row: list[int]) -> None:
         """Add another worker's published numbers to these."""
         for name, value in zip(self.FIELDS, row):
-            if name == "peak_concurrent" and not sum_peaks:
-                continue
             setattr(self, name, getattr(self, name) + value)
         for reason, value in zip(REFUSAL_REASONS, row[len(self.FIELDS):]):
             if value:
