@@ -295,7 +295,7 @@ def test_ctrl_c_keeps_what_was_measured(broken_server, tmp_path: Path, processes
         done.set()
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # reaps it and closes its pipes
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     s = json.loads((tmp_path / "summary.json").read_text())
