@@ -271,6 +271,11 @@ def test_zero_messages_only_connects(broken_server) -> None:
     assert r.summary["messages"]["sent"] == 0
 
 
+def default_sigint() -> None:
+    """Ctrl-C must work in the client even when pytest runs in a background job (SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("processes", ["1", "2"])
 def test_ctrl_c_keeps_what_was_measured(broken_server, tmp_path: Path, processes: str) -> None:
@@ -285,7 +290,8 @@ def test_ctrl_c_keeps_what_was_measured(broken_server, tmp_path: Path, processes
     srv = broken_server(stall_counted)
     proc = subprocess.Popen([sys.executable, "-m", "c10k", "load", "-p", str(srv.port), "-c", "4", "-n", "5",
                              "--timeout", "30", "--processes", processes, "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
     try:
         for _ in range(4):
             assert waiting.acquire(timeout=20)

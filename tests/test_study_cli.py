@@ -172,7 +172,9 @@ def test_ctrl_c_stops_the_study_and_keeps_a_report_of_what_ran(tmp_path, signum)
     out = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "c10k", "study", "--matrix", str(matrix), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"},
+                            # Ctrl-C must work even when pytest runs in a background job (SIGINT ignored).
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("c10k study: matrix two, 2 cases; report in ")

@@ -307,6 +307,12 @@ def _watch_load(load: subprocess.Popen[bytes], sampler: ProcessTreeSampler, case
         return _interrupt(load)
 
 
+def _default_sigint() -> None:
+    # A study started in the background of a script inherits SIGINT ignored,
+    # and so would the load; _interrupt relies on SIGINT stopping it cleanly.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(load: subprocess.Popen[bytes]) -> int | None:
     # SIGINT, like Ctrl-C to the load's process group: it stops and still writes
     # summary.json and connections.csv with what it measured. SIGKILL if it lingers.
@@ -359,7 +365,8 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
             ev.load_timeout_s = commands.timeout_s(case)
             with load_log.open("wb") as log:
                 load = subprocess.Popen(commands.load(case, host, port, case_dir), stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=_default_sigint)
             ev.load_status = _watch_load(load, sampler, case, commands, ev)
             usage = sampler.stop()
             usage.settle_cpu(case.connections)
