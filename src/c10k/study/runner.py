@@ -436,20 +436,27 @@ def run_study(matrix: Matrix, out_dir: Path, commands: Commands | None = None,
     t0 = time.monotonic()
     try:
         for case in matrix.cases:
-            if progress:
-                progress(case, None)
-            result = run_case(case, out_dir, commands)
-            study.results.append(result)
-            study.duration_s = time.monotonic() - t0
-            write_results(study, out_dir / "results.json")
-            if progress:
-                progress(case, result)
+            _run_and_record(study, case, out_dir, commands, progress, t0)
     except KeyboardInterrupt:
         # The case's processes are already stopped (run_case's finally); keep what ran.
         study.interrupted = True
         study.notes.append(f"Interrupted after {len(study.results)} of {len(matrix.cases)} cases.")
     study.duration_s = time.monotonic() - t0
     return study
+
+
+def _run_and_record(study: StudyResult, case: Case, out_dir: Path, commands: Commands | None,
+                    progress: ProgressCallback | None, t0: float) -> CaseResult:
+    """Run one case, add it to the study and rewrite results.json, so a cut-short run keeps it."""
+    if progress:
+        progress(case, None)
+    result = run_case(case, out_dir, commands)
+    study.results.append(result)
+    study.duration_s = time.monotonic() - t0
+    write_results(study, out_dir / "results.json")
+    if progress:
+        progress(case, result)
+    return result
 
 
 def find_limit(server: str, out_dir: Path, *, start: int = 1000, max_connections: int = 100000,
@@ -472,15 +479,7 @@ def find_limit(server: str, out_dir: Path, *, start: int = 1000, max_connections
 
     def probe(n: int) -> CaseResult:
         case = replace(template, number=len(study.results) + 1, connections=n)
-        if progress:
-            progress(case, None)
-        result = run_case(case, out_dir, commands)
-        study.results.append(result)
-        study.duration_s = time.monotonic() - t0
-        write_results(study, out_dir / "results.json")
-        if progress:
-            progress(case, result)
-        return result
+        return _run_and_record(study, case, out_dir, commands, progress, t0)
 
     best: CaseResult | None = None
     first_fail: CaseResult | None = None
