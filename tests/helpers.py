@@ -639,6 +639,16 @@ def assert_echoes(convs: Iterable[Conversation]) -> None:
     assert not bad, f"{len(bad)} conversations not byte-exact: " + "; ".join(bad[:5])
 
 
+def check_echoes(convs: Sequence[Conversation], timeout: float = 60.0) -> None:
+    """Drive every conversation, assert each came back byte-exact, and close the sockets."""
+    try:
+        drive(convs, timeout=timeout)
+        assert_echoes(convs)
+    finally:
+        for c in convs:
+            c.sock.close()
+
+
 def echo_once(
     address: tuple[str, int], payload: bytes = b"ping", timeout: float = 10.0, source: str | None = None
 ) -> bytes:

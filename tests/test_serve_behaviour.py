@@ -14,17 +14,19 @@ from helpers import (
     CONFIG_IDS,
     SERVER_CONFIGS,
     Conversation,
+    MiB,
     assert_echoes,
+    check_echoes,
     connect,
     connect_many,
     drive,
+    random_chunks,
     read_until_closed,
     wait_until,
 )
 
 pytestmark = pytest.mark.parametrize("config", CONFIG_IDS)
 
-MiB = 1 << 20
 
 
 def test_random_chunks_many_connections(serve, config, rng):
@@ -37,19 +39,8 @@ def test_random_chunks_many_connections(serve, config, rng):
         max_chunk = rng.choice([1, 7, 100, 1460, 4096, 65536, 200_000])
         if max_chunk == 1:
             data = data[:2000]  # byte-by-byte sends are slow in Python; keep them short
-        chunks = []
-        i = 0
-        while i < len(data):
-            k = rng.randint(1, max_chunk)
-            chunks.append(data[i : i + k])
-            i += k
-        convs.append(Conversation(s, chunks))
-    try:
-        drive(convs, timeout=90)
-        assert_echoes(convs)
-    finally:
-        for s in socks:
-            s.close()
+        convs.append(Conversation(s, random_chunks(rng, data, max_chunk)))
+    check_echoes(convs, timeout=90)
 
 
 def test_one_mebibyte_messages(serve, config, rng):
@@ -57,12 +48,7 @@ def test_one_mebibyte_messages(serve, config, rng):
     server = serve.config(config)
     socks = connect_many(server.address, 4)
     convs = [Conversation(s, [rng.randbytes(MiB), rng.randbytes(MiB)]) for s in socks]
-    try:
-        drive(convs, timeout=90)
-        assert_echoes(convs)
-    finally:
-        for s in socks:
-            s.close()
+    check_echoes(convs, timeout=90)
 
 
 def test_one_byte_writes(serve, config, rng):
@@ -70,12 +56,7 @@ def test_one_byte_writes(serve, config, rng):
     server = serve.config(config)
     socks = connect_many(server.address, 5)
     convs = [Conversation(s, [bytes([b]) for b in rng.randbytes(1000)]) for s in socks]
-    try:
-        drive(convs, timeout=60)
-        assert_echoes(convs)
-    finally:
-        for s in socks:
-            s.close()
+    check_echoes(convs, timeout=60)
     with connect(server.address) as s:
         for b in rng.randbytes(200):
             s.sendall(bytes([b]))

@@ -154,7 +154,7 @@ class ShutdownSignal:
         self._rsock.setblocking(False)
         self._wsock.setblocking(False)
         self.wake_fd = self._rsock.fileno()
-        self._previous_wakeup = signal.set_wakeup_fd(self._wsock.fileno(), warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self._wsock.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
