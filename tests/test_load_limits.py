@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from test_load_faults import ML, ThreadServer, recv_exact
 
 
@@ -74,8 +76,15 @@ def test_slow_server_within_timeout_passes_with_its_latency(tmp_path: Path) -> N
     assert summary["latency_us"]["min"] >= 300_000, "each echo was held 0.3 s by the server"
 
 
-def test_slow_server_past_timeout_is_reported_and_exits_1(tmp_path: Path) -> None:
-    server = ThreadServer(slow_echo)
+@pytest.mark.parametrize("delay", [0.3, 0.15])
+def test_slow_server_past_timeout_is_reported_and_exits_1(tmp_path: Path, delay: float) -> None:
+    """An echo later than --timeout is a timeout, whether the periodic scan or the echo comes first."""
+    def late_echo(conn) -> None:
+        while (m := recv_exact(conn, ML)) is not None:
+            time.sleep(delay)
+            conn.sendall(m)
+
+    server = ThreadServer(late_echo)
     try:
         run = load(server.port, tmp_path, "-c", "3", "-n", "3", "--timeout", "0.1")
     finally:

@@ -411,6 +411,9 @@ class _Engine:
             self._mismatch(fd)
             return
         t = time.monotonic_ns()
+        if t - self.t0[fd] > self.spec.timeout * 1e9:
+            self._late(fd)
+            return
         i = self.pos[fd]
         self.lat[i] = t - self.t0[fd]
         i += 1
@@ -420,6 +423,11 @@ class _Engine:
             self._send(fd, self.msg)
         else:
             self._finish(fd)
+
+    def _late(self, fd: int) -> None:
+        """A whole, byte-exact echo that arrived after --timeout: a timeout, as if the scan had seen it first."""
+        self.extra_rx += self.ml
+        self._fail(fd, "timeout")
 
     def _mismatch(self, fd: int) -> None:
         self.mismatched += 1
@@ -433,6 +441,7 @@ class _Engine:
         msg, ml, lat = self.msg, self.ml, self.lat
         now, read, write = time.monotonic_ns, os.read, os.write
         slow, odd, queue, finish, tick = self._slow_event, self._odd_read, self._queue, self._finish, self._tick
+        late, limit = self._late, int(self.spec.timeout * 1e9)
         wait = 0.0
         while self.busy:
             for fd, ev in poll(wait):
@@ -450,8 +459,12 @@ class _Engine:
                     odd(fd, data)
                     continue
                 t = now()
+                d = t - t0[fd]
+                if d > limit:  # the echo came, but after --timeout: the scan ticks too coarsely to catch it
+                    late(fd)
+                    continue
                 i = pos[fd]
-                lat[i] = t - t0[fd]
+                lat[i] = d
                 i += 1
                 pos[fd] = i
                 if i != end[fd]:
@@ -486,6 +499,10 @@ class _Engine:
             return
         t = time.monotonic_ns()
         ml, msg, j = self.ml, self.msg, self.conn[fd]
+        if self.sent[j] > self.echoed[j] and t - self.progress_ns[fd] > self.spec.timeout * 1e9:
+            self.extra_rx += n  # progress came after --timeout: a timeout, as if the scan had seen it first
+            self._fail(fd, "timeout")
+            return
         got = self.partial.get(fd, 0)
         data = bytes(self.bigview[:n])
         if got:
