@@ -14,6 +14,7 @@ import selectors
 import signal
 import socket
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -248,12 +249,14 @@ def test_5_graceful_stop_under_load(serve, config, rng):
     socks = connect_many(server.address, 1000, source="127.0.0.2")
     pingers = [Pinger(s, random.Random(rng.random())) for s in socks]
     try:
-        state = _run_then_stop(server, pingers, warmed=lambda: all(p.messages >= 3 for p in pingers))
+        prober = _run_then_stop(server, pingers, warmed=lambda: all(p.messages >= 3 for p in pingers))
         rc = server.wait(shutdown_timeout + 10)
-        exited_after = time.monotonic() - state["signalled"]
+        exited_after = time.monotonic() - prober.signalled
     finally:
         _close_all(socks)
-    assert state["refused_after"] is not None, "new connections still accepted 2 s after SIGTERM"
+    # "At once", with headroom for a busy machine: a server that accepts while it drains fails.
+    assert prober.refused_after is not None and prober.refused_after < 5.0, \
+        f"new connections still accepted {prober.refused_after or prober.limit:.1f} s after SIGTERM"
     assert rc == 0, server.stderr()[-2000:]
     assert exited_after < shutdown_timeout + 2, f"exit {exited_after:.1f}s after SIGTERM"
     bad = [p for p in pingers if p.error or not p.eof or bytes(p.received) != bytes(p.sent[: len(p.received)])]
@@ -262,7 +265,7 @@ def test_5_graceful_stop_under_load(serve, config, rng):
     stats = server.stats()
     assert stats["bytes_echoed"] == sum(len(p.received) for p in pingers)
     # a probe that connected before the listener closed may have been accepted too
-    assert len(socks) <= stats["accepted"] <= len(socks) + state["probes_connected"]
+    assert len(socks) <= stats["accepted"] <= len(socks) + prober.connected
 
 
 def _refused(address) -> bool:
@@ -274,11 +277,32 @@ def _refused(address) -> bool:
         probe.close()
 
 
-def _run_then_stop(server, pingers, warmed):
+class _Prober(threading.Thread):
+    """From SIGTERM on, connect to the server every 10 ms until a connect is refused (for at
+    most ``limit`` seconds), in its own thread so that the clients' loop cannot delay it.
+    Blocking connects release the GIL: the probes keep their pace however busy that loop is."""
+
+    def __init__(self, address, limit: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.address, self.limit = address, limit
+        self.signalled = time.monotonic()
+        self.refused_after: float | None = None
+        self.connected = 0
+
+    def run(self) -> None:
+        for _ in range(int(self.limit / 0.01)):
+            if _refused(self.address):
+                self.refused_after = time.monotonic() - self.signalled
+                return
+            self.connected += 1
+            time.sleep(0.01)
+
+
+def _run_then_stop(server, pingers, warmed) -> _Prober:
     """Drive the clients until every one has done a few round trips, send SIGTERM, and keep
     driving (each client sends its next message after every echo) until every connection has
-    ended; meanwhile probe with new connects until one is refused (for at most 2 s)."""
-    state = {"signalled": None, "refused_after": None, "probes_connected": 0}
+    ended; meanwhile a _Prober checks that new connects are refused."""
+    prober: _Prober | None = None
     sel = selectors.DefaultSelector()
     for p in pingers:
         p.sock.setblocking(False)
@@ -288,18 +312,12 @@ def _run_then_stop(server, pingers, warmed):
     live = len(pingers)
     try:
         while live:
-            now = time.monotonic()
-            assert now < deadline, f"{live} connections still open (SIGTERM sent: {state['signalled'] is not None})"
-            if state["signalled"] is None and warmed():
+            assert time.monotonic() < deadline, f"{live} connections still open (SIGTERM sent: {prober is not None})"
+            if prober is None and warmed():
                 server.send(signal.SIGTERM)
-                state["signalled"] = time.monotonic()
-            elif (state["signalled"] is not None and state["refused_after"] is None
-                  and now - state["signalled"] <= 2.0):
-                if _refused(server.address):
-                    state["refused_after"] = time.monotonic() - state["signalled"]
-                else:
-                    state["probes_connected"] += 1
-            for key, _ in sel.select(0.01 if state["signalled"] and state["refused_after"] is None else 0.2):
+                prober = _Prober(server.address)
+                prober.start()
+            for key, _ in sel.select(0.2):
                 p = key.data
                 p.on_readable()
                 if p.finished:
@@ -311,11 +329,9 @@ def _run_then_stop(server, pingers, warmed):
                     p.flush()
     finally:
         sel.close()
-    if state["refused_after"] is None and time.monotonic() - state["signalled"] <= 2.0:
-        wait_until(lambda: _refused(server.address), 2.0 - (time.monotonic() - state["signalled"]) + 0.05,
-                   what="new connections refused")
-        state["refused_after"] = time.monotonic() - state["signalled"]
-    return state
+    assert prober is not None
+    prober.join(prober.limit + 5)
+    return prober
 
 
 # --------------------------------------------------------------------------- 6. idle and drip clients

@@ -146,10 +146,16 @@ class ShutdownSignal:
     C, so a loop blocked in select/poll/epoll returns at once (the self-pipe
     trick, as trio's wakeup socketpair does); the Python handler only sets the
     flag. Install in the thread and process that runs the loop.
+
+    ``on_signal`` runs inside the Python handler, the first moment the main
+    thread holds the GIL after the signal: for a server whose main thread
+    competes with thousands of others for the GIL, the place to stop accepting
+    without waiting for more turns.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Callable[[], None] | None = None) -> None:
         self.requested = False
+        self._on_signal = on_signal
         self._rsock, self._wsock = socket.socketpair()
         self._rsock.setblocking(False)
         self._wsock.setblocking(False)
@@ -159,6 +165,8 @@ class ShutdownSignal:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
+        if not self.requested and self._on_signal is not None:
+            self._on_signal()
         self.requested = True
 
     def drain(self) -> None:
@@ -307,6 +315,8 @@ def accept_ready(listener: socket.socket, reserve: DescriptorReserve | None, on_
         except BlockingIOError:
             return
         except OSError as exc:
+            if listener.fileno() == -1:
+                return  # closed by a shutdown signal's handler while we were accepting
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 if reserve is not None and reserve.shed(listener):
                     on_shed()

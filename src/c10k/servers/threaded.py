@@ -89,7 +89,17 @@ class ThreadedServer(Server):
         # and, measured here at 1,000 connections, doubles the echo rate.
         sys.setswitchinterval(0.05)
         listener = open_listener(cfg)
-        shutdown = ShutdownSignal()
+
+        def refuse_now() -> None:
+            # Runs in the signal handler. Every call that blocks gives the GIL
+            # away, and with a thousand busy connection threads getting it back
+            # can take seconds: close the listener (new connects are refused)
+            # before the main thread makes any such call, and hand the GIL
+            # round quickly again for the stop itself.
+            listener.close()
+            sys.setswitchinterval(0.005)
+
+        shutdown = ShutdownSignal(on_signal=refuse_now)
         reserve = DescriptorReserve()
         refusals = RefusalLog()
         self.lock = threading.Lock()
@@ -104,11 +114,11 @@ class ThreadedServer(Server):
             for fd, _ in poller.poll(1000):
                 if fd == shutdown.wake_fd:
                     shutdown.drain()
-                else:
+                elif not shutdown.requested:
                     self._accept(listener, reserve, refusals)
             refusals.tick(time.monotonic())
         deadline = stop_deadline(cfg.shutdown_timeout)
-        listener.close()  # new connects are refused from now on
+        listener.close()  # already closed by refuse_now(); new connects are refused
         with self.lock:
             self.stopping = True
             conns = list(self.conns)
