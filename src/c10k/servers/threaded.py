@@ -124,6 +124,10 @@ class ThreadedServer(Server):
             conns = list(self.conns)
             if not conns:
                 self.all_closed.set()
+        # Mark them all first (no blocking call, so no GIL turn given away): a
+        # thread that wakes meanwhile stops echoing and shuts its own write side.
+        for conn in conns:
+            conn.stopping = True
         for conn in conns:
             conn.stop()
         self.all_closed.wait(max(0.0, deadline - time.monotonic()))
