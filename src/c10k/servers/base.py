@@ -177,14 +177,6 @@ class ShutdownSignal:
         except OSError:
             pass
 
-    def request(self) -> None:
-        """Ask for shutdown from inside the process (tests, supervisors)."""
-        self.requested = True
-        try:
-            self._wsock.send(b"\0")
-        except OSError:
-            pass
-
     def close(self) -> None:
         signal.set_wakeup_fd(-1)
         self._rsock.close()

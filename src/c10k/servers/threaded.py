@@ -98,7 +98,7 @@ class ThreadedServer(Server):
         self.conns: set[_Conn] = set()
         self.all_closed = threading.Event()
         self.stopping = False
-        deadline = float("inf")
+        deadline = float("inf")  # set by stop_now()
 
         def stop_now() -> None:
             # Runs in the signal handler, the first moment the main thread
@@ -132,8 +132,6 @@ class ThreadedServer(Server):
                 else:
                     self._accept(listener, reserve, refusals)
             refusals.tick(time.monotonic())
-        if deadline == float("inf"):  # asked from inside the process (shutdown.request()), not by a signal
-            stop_now()
         with self.lock:
             self.stopping = True
             conns = list(self.conns)
