@@ -17,7 +17,6 @@ its EOF, so the client reads every echo and then EOF.
 
 from __future__ import annotations
 
-import _thread
 import select
 import socket
 import sys
@@ -149,8 +148,9 @@ class ThreadedServer(Server):
                 conn.stop()
         self.all_closed.wait(max(0.0, deadline - time.monotonic()))
         refusals.flush()
-        reserve.close()
-        shutdown.close()
+        # No reserve.close() or shutdown.close(): the process ends right after
+        # (exit_at_once) and the kernel closes them, while each close(2) here
+        # would be one more GIL turn behind the threads still draining.
         with self.lock:
             self.write_stats()
 
@@ -171,12 +171,9 @@ class ThreadedServer(Server):
             conn = _Conn(sock)
             with self.lock:
                 self.conns.add(conn)
-                live = len(self.conns)  # now: once the thread runs, others may have ended
+                live = len(self.conns)  # now: by the time start() returns, others may have ended
             try:
-                # _thread, not threading.Thread: Thread.start() waits until the
-                # new thread has run, one more turn at a GIL that thousands of
-                # threads want; the acceptor would take connections at that pace.
-                _thread.start_new_thread(self._serve_one, (conn,))
+                threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
             except (RuntimeError, MemoryError) as exc:
                 with self.lock:
                     self.conns.discard(conn)
