@@ -88,9 +88,9 @@ class ThreadedServer(Server):
         # GIL between two blocking calls, so a longer interval costs nothing.
         # Measured here: 0.05 s doubles the echo rate at 1,000 connections
         # against the default; 0.5 s echoes as fast at 1,000 and, with 12,000
-        # busy threads, lets the main thread act on SIGTERM at once and exit
-        # in 3.5 s, where at 0.05 s it waited 12 s for the GIL and then did
-        # not exit within a minute.
+        # busy threads, lets the main thread act on SIGTERM within a second
+        # and exit in 3.5-5 s, where at 0.05 s it waited 12 s for the GIL and
+        # then did not exit within a minute.
         sys.setswitchinterval(0.5)
         listener = open_listener(cfg)
         self.lock = threading.Lock()
