@@ -39,12 +39,17 @@ def load(port: int, out: Path, *args: str, nofile: int | None = None) -> subproc
                           capture_output=True, text=True, timeout=120, preexec_fn=limit)
 
 
-def test_own_descriptor_limit_too_low_is_one_line_exit_1(tmp_path: Path) -> None:
-    server = ThreadServer(echo)
+def load_against(handler, out: Path, *args: str, nofile: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the load against a ThreadServer running ``handler``, and close the server."""
+    server = ThreadServer(handler)
     try:
-        run = load(server.port, tmp_path, "-c", "200", "-n", "2", nofile=64)
+        return load(server.port, out, *args, nofile=nofile)
     finally:
         server.close()
+
+
+def test_own_descriptor_limit_too_low_is_one_line_exit_1(tmp_path: Path) -> None:
+    run = load_against(echo, tmp_path, "-c", "200", "-n", "2", nofile=64)
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
     lines = run.stderr.strip().splitlines()
@@ -52,11 +57,7 @@ def test_own_descriptor_limit_too_low_is_one_line_exit_1(tmp_path: Path) -> None
 
 
 def test_own_descriptor_limit_is_planned_around_with_processes(tmp_path: Path) -> None:
-    server = ThreadServer(echo)
-    try:
-        run = load(server.port, tmp_path, "-c", "600", "-n", "2", nofile=400)
-    finally:
-        server.close()
+    run = load_against(echo, tmp_path, "-c", "600", "-n", "2", nofile=400)
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["connections"]["established"] == 600
@@ -65,11 +66,7 @@ def test_own_descriptor_limit_is_planned_around_with_processes(tmp_path: Path) -
 
 
 def test_slow_server_within_timeout_passes_with_its_latency(tmp_path: Path) -> None:
-    server = ThreadServer(slow_echo)
-    try:
-        run = load(server.port, tmp_path, "-c", "3", "-n", "3", "--timeout", "10")
-    finally:
-        server.close()
+    run = load_against(slow_echo, tmp_path, "-c", "3", "-n", "3", "--timeout", "10")
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["messages"]["echoed"] == 9
@@ -84,11 +81,7 @@ def test_slow_server_past_timeout_is_reported_and_exits_1(tmp_path: Path, delay:
             time.sleep(delay)
             conn.sendall(m)
 
-    server = ThreadServer(late_echo)
-    try:
-        run = load(server.port, tmp_path, "-c", "3", "-n", "3", "--timeout", "0.1")
-    finally:
-        server.close()
+    run = load_against(late_echo, tmp_path, "-c", "3", "-n", "3", "--timeout", "0.1")
     assert run.returncode == 1
     assert "Traceback" not in run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -412,7 +412,7 @@ class _Engine:
             return
         t = time.monotonic_ns()
         if t - self.t0[fd] > self.spec.timeout * 1e9:
-            self._late(fd)
+            self._late(fd, ml)
             return
         i = self.pos[fd]
         self.lat[i] = t - self.t0[fd]
@@ -424,9 +424,9 @@ class _Engine:
         else:
             self._finish(fd)
 
-    def _late(self, fd: int) -> None:
-        """A whole, byte-exact echo that arrived after --timeout: a timeout, as if the scan had seen it first."""
-        self.extra_rx += self.ml
+    def _late(self, fd: int, received: int) -> None:
+        """Bytes that arrived after --timeout: a timeout, as if the scan had seen it first."""
+        self.extra_rx += received
         self._fail(fd, "timeout")
 
     def _mismatch(self, fd: int) -> None:
@@ -461,7 +461,7 @@ class _Engine:
                 t = now()
                 d = t - t0[fd]
                 if d > limit:  # the echo came, but after --timeout: the scan ticks too coarsely to catch it
-                    late(fd)
+                    late(fd, ml)
                     continue
                 i = pos[fd]
                 lat[i] = d
@@ -500,8 +500,7 @@ class _Engine:
         t = time.monotonic_ns()
         ml, msg, j = self.ml, self.msg, self.conn[fd]
         if self.sent[j] > self.echoed[j] and t - self.progress_ns[fd] > self.spec.timeout * 1e9:
-            self.extra_rx += n  # progress came after --timeout: a timeout, as if the scan had seen it first
-            self._fail(fd, "timeout")
+            self._late(fd, n)
             return
         got = self.partial.get(fd, 0)
         data = bytes(self.bigview[:n])

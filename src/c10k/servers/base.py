@@ -144,8 +144,9 @@ class ShutdownSignal:
 
     ``signal.set_wakeup_fd`` writes the signal number to ``wake_fd``'s peer from
     C, so a loop blocked in select/poll/epoll returns at once (the self-pipe
-    trick, as trio's wakeup socketpair does); the Python handler only sets the
-    flag. Install in the thread and process that runs the loop.
+    trick, as trio's wakeup socketpair does); the Python handler sets the flag
+    and, the first time, calls ``on_signal``. Install in the thread and process
+    that runs the loop.
 
     ``on_signal`` runs inside the Python handler, the first moment the main
     thread holds the GIL after the signal: for a server whose main thread
