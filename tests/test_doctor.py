@@ -10,7 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from c10k.study.capacity import KERNEL_BYTES_PER_SOCKET, MachineLimits, machine_limits, plan_capacity
+from c10k.capacity import KERNEL_BYTES_PER_SOCKET
+from c10k.limits import MachineLimits, machine_limits
+from c10k.study.capacity import plan_capacity
 
 HERE = MachineLimits(
     cpus=2, nofile_soft=20000, nofile_hard=20000, fd_setsize=1024, threads_max=192729, pid_max=32768,
@@ -24,10 +26,10 @@ def by_server(cap):
     return {a.server: a for a in cap.architectures}
 
 
-def test_100000_connections_need_six_processes_and_four_source_addresses():
+def test_100000_connections_need_six_processes_and_nine_source_addresses():
     cap = plan_capacity(100000, HERE)
     assert cap.server_processes == 6 and cap.load_processes == 6
-    assert cap.source_addresses == 4
+    assert cap.source_addresses == 9  # 40% of 28,232 ports each: c10k load's own plan
     assert cap.kernel_bytes == 100000 * 2 * KERNEL_BYTES_PER_SOCKET
     assert cap.memory_ok
     archs = by_server(cap)
@@ -109,7 +111,32 @@ def test_doctor_json_is_machine_readable():
     assert data["limits"]["fd_setsize"] == 1024
 
 
+def test_max_workers_caps_what_the_epoll_server_can_hold():
+    assert by_server(plan_capacity(1_000_000, HERE))["epoll"].can_hold
+    few = by_server(plan_capacity(1_000_000, HERE, max_workers=8))["epoll"]
+    assert not few.can_hold and few.max_connections == 8 * 19936 and "--max-workers" in few.why
+
+
+def test_memory_verdict_and_figure_agree():
+    """The doctor said 'does NOT fit in 21.1 GiB' while printing 19.1 GiB: the margin is now in the figure."""
+    n = 2_000_000
+    need = n * 2 * KERNEL_BYTES_PER_SOCKET
+    cap = plan_capacity(n, replace(HERE, memory_available=int(need * 1.1)))
+    assert not cap.memory_ok and cap.memory_needed > cap.limits.memory_available
+
+
+def test_doctor_max_workers_option():
+    out = doctor("-c", "1000000", "--max-workers", "8")
+    assert out.returncode == 0, out.stderr
+    epoll = next(line for line in out.stdout.splitlines() if line.startswith("│ epoll "))
+    assert "159,488" in epoll and " no " in epoll
+
+
 def test_doctor_rejects_a_bad_count_with_exit_2():
     out = doctor("-c", "0")
     assert out.returncode == 2
     assert "must be at least 1" in out.stderr and "Traceback" not in out.stderr
+    for bad in (["-c", "1e15"], ["-c", str(10**15)], ["--max-workers", "0"]):
+        out = doctor(*bad)
+        assert out.returncode == 2, bad
+        assert len(out.stderr.strip().splitlines()) <= 2 and "Traceback" not in out.stderr, bad

@@ -58,8 +58,8 @@ def test_usage_error_from_the_shell_has_no_traceback() -> None:
 
 def test_plan_spreads_processes_and_sources() -> None:
     plan = plan_load("127.0.0.1", 7000, 100_000, cpus=2)
-    assert plan.processes >= 7
-    assert all(s.connections + 64 < plan.nofile for s in plan.shares)
+    assert plan.processes >= 6
+    assert all(s.connections + 64 <= plan.nofile for s in plan.shares)
     assert sum(s.connections for s in plan.shares) == 100_000
     assert plan.sources[0] == "127.0.0.2" and len(plan.sources) >= 4
     assert "100000 connection(s)" in plan.describe()

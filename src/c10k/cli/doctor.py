@@ -8,6 +8,7 @@ import json
 import sys
 
 from c10k.errors import UsageError
+from c10k.study.capacity import DEFAULT_MAX_WORKERS
 
 _EPILOG = """\
 Reads the machine's limits (descriptors, FD_SETSIZE, threads, ephemeral ports,
@@ -24,8 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--connections", type=int, default=100000, metavar="N",
                    help="concurrent connections to plan for (default: 100000, the original's largest case)")
+    p.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, metavar="N",
+                   help="the epoll server's --max-workers to plan with (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the facts and the plan as JSON")
     p.set_defaults(run=run)
+
+
+#: More connections than any TCP stack can hold (2^16 ports x 2^24 loopback addresses, and then some).
+MOST_CONNECTIONS = 10**12
 
 
 def _gib(n: float) -> str:
@@ -36,12 +43,19 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from c10k.study.capacity import KERNEL_BYTES_PER_SOCKET, machine_limits, plan_capacity
+    from c10k.capacity import KERNEL_BYTES_PER_SOCKET, ports_per_source
+    from c10k.limits import machine_limits
+    from c10k.study.capacity import plan_capacity
 
     if args.connections < 1:
         raise UsageError("-c/--connections must be at least 1")
+    if args.connections > MOST_CONNECTIONS:
+        raise UsageError(f"-c/--connections {args.connections:,} is more than any machine can plan for "
+                         f"(at most {MOST_CONNECTIONS:,})")
+    if args.max_workers < 1:
+        raise UsageError("--max-workers must be at least 1")
     lim = machine_limits()
-    cap = plan_capacity(args.connections, lim)
+    cap = plan_capacity(args.connections, lim, max_workers=args.max_workers)
     if args.json:
         data = dataclasses.asdict(cap)
         json.dump(data, sys.stdout, indent=1)
@@ -78,11 +92,14 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]{n:,} connections need[/bold]")
     console.print(f"  server: {cap.server_processes} process(es) of at most {cap.fds_per_process:,} "
                   "connections each (single-process architectures stop there)")
-    console.print(f"  load:   {cap.load_processes} process(es) and {cap.source_addresses} source address(es) "
-                  f"(127.0.0.1, 127.0.0.2, ...; {lim.ephemeral_ports:,} ports each)")
+    sources = ("the kernel's choice of source address" if cap.source_addresses == 1
+               else f"{cap.source_addresses} source addresses (127.0.0.2, 127.0.0.3, ...)")
+    console.print(f"  load:   {cap.load_processes} process(es) and {sources}; up to "
+                  f"{ports_per_source(lim.ephemeral_ports):,} of the {lim.ephemeral_ports:,} ephemeral ports "
+                  "each (c10k load plans the same)")
     console.print(f"  kernel memory: ~{_gib(cap.kernel_bytes)} ({n:,} × 2 ends × "
-                  f"{KERNEL_BYTES_PER_SOCKET // 1024} KB), {'fits' if cap.memory_ok else 'does NOT fit'} "
-                  f"in {_gib(lim.memory_available)} available")
+                  f"{KERNEL_BYTES_PER_SOCKET // 1024} KB); with a margin ~{_gib(cap.memory_needed)}, which "
+                  f"{'fits' if cap.memory_ok else 'does NOT fit'} in {_gib(lim.memory_available)} available")
     console.print()
     table = Table(title=f"Who can hold {n:,} connections here", title_justify="left")
     table.add_column("Server")

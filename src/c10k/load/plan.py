@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from c10k import capacity, limits
 from c10k.errors import C10kError, UsageError
 from c10k.limits import ephemeral_ports, memory_available_bytes, raise_nofile, somaxconn
 
 __all__ = ["LoadPlan", "ProcessShare", "plan_load", "resolve", "plan_source_addresses"]
-
-#: descriptors a load process keeps for itself (std streams, epoll, result files, ...)
-FD_RESERVE = 64
-#: keep each process this far under RLIMIT_NOFILE
-FD_HEADROOM = 0.8
-#: use at most this share of a source address's ephemeral ports toward one destination.
-#: Why 0.4: connect() picks a port by scanning even ports first (odd ones are left
-#: for bind()), so once about half the range is taken toward one destination each
-#: connect() walks thousands of used ports in __inet_hash_connect and the ramp turns
-#: quadratic (measured here: ~150 connects/s at 20k per address). Loopback source
-#: addresses cost nothing, so use more of them instead.
-PORT_HEADROOM = 0.4
-#: from 'large run' on, at least one process per CPU
-LARGE_RUN = 2000
-#: measured here: ~5 KB of kernel memory per loopback socket
-KERNEL_BYTES_PER_SOCKET = 5 * 1024
-#: Python-side bookkeeping per connection (lists, socket object, row)
-USER_BYTES_PER_CONNECTION = 2 * 1024
-PROCESS_BYTES = 40 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -113,10 +94,9 @@ def plan_source_addresses(address: str, family: int, connections: int, explicit:
     127.0.0.2, 127.0.0.3, ... (all of 127/8 is loopback on Linux). A remote target
     needs ``--source-ip``.
     """
-    ports = ports or ephemeral_ports()
-    usable = int(ports * PORT_HEADROOM)
+    ports = ephemeral_ports() if ports is None else ports
+    usable = capacity.ports_per_source(ports, explicit=bool(explicit))
     if explicit:
-        usable = int(ports * 0.9)  # the caller chose: slow connects past half, but they work
         for ip in explicit:
             try:
                 ver = ipaddress.ip_address(ip).version
@@ -125,13 +105,14 @@ def plan_source_addresses(address: str, family: int, connections: int, explicit:
             if (ver == 4) != (family == socket.AF_INET):
                 raise UsageError(f"--source-ip {ip} is not of the target's address family")
         if connections > usable * len(explicit):
+            needed = capacity.source_addresses_needed(connections, ports, explicit=True)
             raise C10kError(
-                f"{connections} connections need {math.ceil(connections / usable)} source addresses "
+                f"{connections} connections need {needed} source addresses "
                 f"(~{usable} ports each toward one destination) but --source-ip gives {len(explicit)}")
         return list(explicit)
-    if connections <= usable:
+    needed = capacity.source_addresses_needed(connections, ports)
+    if needed == 1:
         return []
-    needed = math.ceil(connections / usable)
     if family != socket.AF_INET or not _is_loopback(address):
         raise C10kError(
             f"{connections} connections need {needed} source addresses (~{usable} ephemeral ports each "
@@ -141,7 +122,8 @@ def plan_source_addresses(address: str, family: int, connections: int, explicit:
 
 
 def plan_load(host: str, port: int, connections: int, *, processes: int | None = None,
-              source_ips: Sequence[str] = (), samples: int = 0, cpus: int | None = None) -> LoadPlan:
+              source_ips: Sequence[str] = (), samples: int = 0, cpus: int | None = None,
+              message_size: int = 15, in_flight: int = 1) -> LoadPlan:
     """Check the limits for a run and decide processes and source addresses.
 
     Args:
@@ -152,6 +134,8 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
         source_ips: explicit source addresses (required past one address's ports
             toward a remote target).
         samples: how many round trips will be kept (for the memory estimate).
+        message_size: bytes per message (for the memory estimate).
+        in_flight: messages a connection may have outstanding (1 in a closed loop).
 
     Raises:
         UsageError: the host does not resolve, or the numbers make no sense.
@@ -161,29 +145,28 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
         raise UsageError("connections must be at least 1")
     family, address = resolve(host, port)
     nofile = raise_nofile()
-    per_process = max(1, int(nofile * FD_HEADROOM) - FD_RESERVE)
-    needed = math.ceil(connections / per_process)
-    cpus = cpus or len(os.sched_getaffinity(0))
+    needed = capacity.processes_needed(connections, nofile)
+    cpus = cpus or limits.cpus()
     if processes is None:
-        processes = max(needed, min(cpus, connections) if connections >= LARGE_RUN else 1)
+        processes = capacity.load_processes(connections, nofile, cpus)
     elif processes < 1:
         raise UsageError("--processes must be at least 1")
     elif processes > connections:
         raise UsageError(f"--processes {processes} is more than the {connections} connection(s)")
-    elif math.ceil(connections / processes) + FD_RESERVE > nofile:
+    elif math.ceil(connections / processes) > capacity.connections_per_process(nofile):
         raise C10kError(
             f"{math.ceil(connections / processes)} connections per process exceed RLIMIT_NOFILE {nofile}; "
             f"use --processes {needed} or more")
     ports = ephemeral_ports()
     sources = plan_source_addresses(address[0], family, connections, source_ips, ports)
     loopback = _is_loopback(address[0])
-    memory = (connections * KERNEL_BYTES_PER_SOCKET * (2 if loopback else 1)
-              + connections * USER_BYTES_PER_CONNECTION + processes * PROCESS_BYTES + samples * 8 * 4)
+    memory = capacity.load_memory_bytes(connections, processes, message_size=message_size, samples=samples,
+                                        in_flight=in_flight, loopback=loopback)
     available = memory_available_bytes()
     if available and memory > available * 0.9:
         raise C10kError(
-            f"the run needs ~{memory / 2**30:.1f} GiB (sockets and samples) but only "
-            f"{available / 2**30:.1f} GiB is available; use fewer connections or messages")
+            f"the run needs ~{memory / 2**30:.1f} GiB (sockets, messages and samples) but only "
+            f"{available / 2**30:.1f} GiB is available; use fewer connections, messages or a smaller --size")
     shares = []
     first = 0
     for k in range(processes):

@@ -10,31 +10,31 @@ Public API::
 
 ``find_limit`` escalates one architecture until it fails; ``plan_capacity``
 says what a number of connections needs on this machine (``c10k doctor``).
+
+Names are imported on first use, so ``c10k doctor`` (which needs only the
+capacity plan and the matrices) does not pay for matplotlib, numpy and psutil.
 """
 
-from c10k.study.capacity import Capacity, machine_limits, plan_capacity
-from c10k.study.cases import SERVERS, Case, Matrix, filter_servers, load_matrix, matrix_from_toml
-from c10k.study.report import write_report
-from c10k.study.runner import CaseResult, Commands, StudyResult, find_limit, run_case, run_study
-from c10k.study.verdict import Evidence, decide
+from __future__ import annotations
 
-__all__ = [
-    "SERVERS",
-    "Capacity",
-    "Case",
-    "CaseResult",
-    "Commands",
-    "Evidence",
-    "Matrix",
-    "StudyResult",
-    "decide",
-    "filter_servers",
-    "find_limit",
-    "load_matrix",
-    "machine_limits",
-    "matrix_from_toml",
-    "plan_capacity",
-    "run_case",
-    "run_study",
-    "write_report",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "Capacity": "capacity", "machine_limits": "capacity", "plan_capacity": "capacity",
+    "SERVERS": "cases", "Case": "cases", "Matrix": "cases", "filter_servers": "cases",
+    "load_matrix": "cases", "matrix_from_toml": "cases",
+    "write_report": "report",
+    "CaseResult": "runner", "Commands": "runner", "StudyResult": "runner", "find_limit": "runner",
+    "run_case": "runner", "run_study": "runner",
+    "Evidence": "verdict", "decide": "verdict",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'c10k.study' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"c10k.study.{home}"), name)

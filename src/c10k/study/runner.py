@@ -16,7 +16,6 @@ Nothing here raises because a case failed: a failure is a result.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import queue
@@ -34,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from c10k import limits
+from c10k import capacity, limits
 from c10k.study.cases import SERVERS, Case, Matrix
 from c10k.study.sampler import ProcessTreeSampler, Usage
 from c10k.study.verdict import Evidence, decide
@@ -82,8 +81,7 @@ class Commands:
         """
         if case.server not in ("epoll", "epoll-reuseport"):
             return None
-        per_process = max(1000, limits.nofile_limits()[1] * 9 // 10)
-        return max(os.cpu_count() or 2, math.ceil(case.connections / per_process))
+        return capacity.server_workers(case.connections, limits.nofile_limits()[1], limits.cpus())
 
     def server(self, case: Case, stats_file: Path) -> list[str]:
         arch, extra = SERVERS[case.server]

@@ -1,0 +1,143 @@
+"""The one place that turns this machine's limits into plans.
+
+Every part of c10k that decides how many processes, source addresses or bytes
+a number of connections needs asks this module, so the tool that advises
+(``c10k doctor``) gives the numbers the tools that act (``c10k load``, the
+study runner, the epoll server's worker growth) will use. Everything here is
+pure arithmetic over numbers read by ``c10k.limits``: tests pin one answer per
+question with made-up machines.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "KERNEL_BYTES_PER_SOCKET",
+    "RESERVED_FDS",
+    "PORT_HEADROOM",
+    "EXPLICIT_PORT_HEADROOM",
+    "LARGE_RUN",
+    "connections_per_process",
+    "select_connections",
+    "thread_worker_share",
+    "processes_needed",
+    "load_processes",
+    "ports_per_source",
+    "source_addresses_needed",
+    "server_workers",
+    "kernel_bytes",
+    "load_memory_bytes",
+]
+
+#: Measured here with C programs: 100,000 loopback connections took ~1 GB of
+#: kernel memory, i.e. ~5 KB per socket (a loopback connection has two).
+KERNEL_BYTES_PER_SOCKET = 5 * 1024
+
+#: Descriptors a process keeps for itself: std streams, listener, epoll, pipes
+#: to its parent or workers, result files, the reserve descriptor for EMFILE,
+#: modules being imported. The rest of RLIMIT_NOFILE is for connections.
+RESERVED_FDS = 64
+
+#: Use at most this share of a source address's ephemeral ports toward one
+#: destination. Why 0.4: connect() picks a port by scanning even ports first
+#: (odd ones are left for bind()), so once about half the range is taken toward
+#: one destination each connect() walks thousands of used ports in
+#: __inet_hash_connect and the ramp turns quadratic (measured here: ~150
+#: connects/s at 20k per address). Loopback source addresses cost nothing, so
+#: use more of them instead.
+PORT_HEADROOM = 0.4
+#: When the user names the source addresses, use up to this share: connects
+#: slow down past half the range, but they work.
+EXPLICIT_PORT_HEADROOM = 0.9
+
+#: From this many connections on, at least one load process per CPU.
+LARGE_RUN = 2000
+
+#: A load process's user space before any connection: an interpreter with numpy
+#: imported and the per-descriptor lists sized by RLIMIT_NOFILE. The message and
+#: per-connection figures below were fitted to peak RSS summed over a run's
+#: processes, measured here (``tests/test_capacity.py`` keeps the fit within 2x):
+#: 1 x 15 B: 32 MiB; 1 x 100 MB: 479 MiB; 10 x 10 MB: 168 MiB; 1,000 x 100 kB:
+#: 69 MiB; 3,000 x 15 B: 80 MiB; 5,000 x 15 B x 100 messages: 88 MiB.
+LOAD_PROCESS_BYTES = 40 * 2**20
+#: Copies of the message a load process holds: the message, the receive buffer,
+#: a received chunk, the slice of a send still in progress.
+LOAD_MESSAGE_COPIES_PER_PROCESS = 4
+#: A connection with a message in flight assembles a partial echo in a buffer of
+#: the message's size; on average about half of them are partial at the peak.
+LOAD_MESSAGE_COPIES_PER_CONNECTION = 0.5
+#: Per connection: socket object, per-connection arrays, the result row.
+LOAD_BYTES_PER_CONNECTION = 2 * 1024
+#: Per kept round-trip sample: 8 bytes in the engine, then connection index,
+#: sort and statistics copies while results are merged.
+LOAD_BYTES_PER_SAMPLE = 32
+
+
+def connections_per_process(nofile: int) -> int:
+    """Connections one process may hold under RLIMIT_NOFILE ``nofile``."""
+    return max(1, nofile - RESERVED_FDS)
+
+
+def select_connections(fd_setsize: int) -> int:
+    """Connections a select() server can watch: descriptors below FD_SETSIZE, less its own
+    (std streams, listener, wake-up pipe, the reserve descriptor for EMFILE: 16 is ample)."""
+    return max(1, fd_setsize - 16)
+
+
+def thread_worker_share(nofile: int, workers: int) -> int:
+    """Connections each of ``workers`` threads in one process may hold: they share one
+    descriptor table, and each worker keeps an epoll descriptor and a hand-off channel."""
+    workers = max(1, workers)
+    return max(1, (connections_per_process(nofile) - 4 * workers) // workers)
+
+
+def processes_needed(connections: int, nofile: int) -> int:
+    """Fewest processes that can hold ``connections`` descriptors between them."""
+    return max(1, math.ceil(connections / connections_per_process(nofile)))
+
+
+def load_processes(connections: int, nofile: int, cpus: int) -> int:
+    """Load processes for a run: enough for the descriptors, one per CPU for large runs."""
+    needed = processes_needed(connections, nofile)
+    return max(needed, min(cpus, connections) if connections >= LARGE_RUN else 1)
+
+
+def ports_per_source(ports: int, *, explicit: bool = False) -> int:
+    """Connections one source address should open toward one destination.
+
+    Never below one, so a machine whose ephemeral range holds one or two ports
+    still gets a plan (the run may then fail to connect, which it reports).
+    """
+    share = EXPLICIT_PORT_HEADROOM if explicit else PORT_HEADROOM
+    return max(1, int(max(0, ports) * share))
+
+
+def source_addresses_needed(connections: int, ports: int, *, explicit: bool = False) -> int:
+    """Source addresses ``connections`` toward one destination need (1: the kernel's choice suffices)."""
+    return max(1, math.ceil(connections / ports_per_source(ports, explicit=explicit)))
+
+
+def server_workers(connections: int, nofile: int, cpus: int) -> int:
+    """Worker processes a process-based epoll server starts with for ``connections``."""
+    return max(cpus, processes_needed(connections, nofile))
+
+
+def kernel_bytes(connections: int, *, loopback: bool = True) -> int:
+    """Kernel memory for the sockets: both ends live on this machine over loopback."""
+    return connections * KERNEL_BYTES_PER_SOCKET * (2 if loopback else 1)
+
+
+def load_memory_bytes(connections: int, processes: int, *, message_size: int, samples: int,
+                      in_flight: int = 1, loopback: bool = True) -> int:
+    """Memory a load run needs: kernel sockets plus every load process's user space.
+
+    A message costs memory in every process (a few copies of it) and in every
+    connection that has one in flight (its partial echo). ``in_flight`` is how
+    many messages a connection may have outstanding (1 in a closed loop).
+    """
+    per_process = LOAD_PROCESS_BYTES + LOAD_MESSAGE_COPIES_PER_PROCESS * message_size
+    per_connection = LOAD_BYTES_PER_CONNECTION + int(in_flight * LOAD_MESSAGE_COPIES_PER_CONNECTION
+                                                     * message_size)
+    return (kernel_bytes(connections, loopback=loopback) + processes * per_process
+            + connections * per_connection + samples * LOAD_BYTES_PER_SAMPLE)
