@@ -107,6 +107,7 @@ def test_report_md_has_a_results_table_with_the_measures(report_dir):
     assert select_1000["Memory/connection (KiB)"] == "4"
     assert select_1000["CPU/message (µs)"] == "40"
     assert select_1000["Descriptors"] == "1006"
+    assert select_1000["Held at once"] == "1,000"  # the server's own peak_concurrent, not the client's count
 
 
 def test_against_the_original_explains_the_threaded_difference(report_dir):

@@ -35,7 +35,7 @@ CHARTS = ("mean_response_time.png", "latency_percentiles.png", "cpu_per_message.
           "memory_per_connection.png")
 
 TESTCASE_HEADER = ("Test Case", "Scenario", "Expected Behavior", "Actual Results", "Status")
-RESULTS_HEADER = ("Test Case", "Server", "Connections", "Load", "Status", "Mean (ms)", "p50 (ms)", "p99 (ms)",
+RESULTS_HEADER = ("Test Case", "Server", "Connections", "Held at once", "Load", "Status", "Mean (ms)", "p50 (ms)", "p99 (ms)",
                   "Max (ms)", "Messages/s", "Peak memory (MiB)", "Memory/connection (KiB)",
                   "Threads", "Descriptors", "CPU/message (µs)")
 
@@ -112,6 +112,12 @@ def testcase_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _held(r: CaseResult) -> str:
+    """The most connections the server itself held at once (its own count, not the client's)."""
+    peak = (r.stats or {}).get("peak_concurrent")
+    return f"{peak:,}" if isinstance(peak, int) else "–"
+
+
 def results_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
     """The results table: response times, throughput and what the server used."""
     rows: list[tuple[str, ...]] = []
@@ -120,7 +126,7 @@ def results_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
         rate = s.get("messages_per_s")
         u = r.usage
         rows.append((
-            str(r.case.number), r.case.server, f"{r.case.connections:,}", r.case.load_words, r.status,
+            str(r.case.number), r.case.server, f"{r.case.connections:,}", _held(r), r.case.load_words, r.status,
             _fmt(_latency_ms(r, "mean")), _fmt(_latency_ms(r, "p50")), _fmt(_latency_ms(r, "p99")),
             _fmt(_latency_ms(r, "max")), _fmt(float(rate)) if rate else "–",
             _fmt(u.peak_rss_bytes / 2**20) if u.samples else "–",
@@ -384,6 +390,8 @@ def _markdown(study: StudyResult, charts: list[str]) -> str:
                   _md_table(("Test Case", "Scenario", "Original", "Here", "Why"), against), ""]
     parts += [
         "## Results", "",
+        "Held at once is the server's own peak count of open connections (a connection still waiting "
+        "in the listen backlog is open for the client, not for the server). "
         "Response times are per message (send to full echo), over every message of every connection; "
         "memory, threads and descriptors are peaks summed over the server's processes; CPU per "
         "message is the server's user + system time, once every connection was open, divided by the "
@@ -454,10 +462,12 @@ def _html(study: StudyResult, charts: list[str], out_dir: Path) -> str:
                   _html_table(("Test Case", "Scenario", "Original", "Here", "Why"), against, 3,
                               status_of=[row[3].lower() for row in against])]
     parts += ['<h2 id="results">Results</h2>',
-              "<p>Response times are per message (send to full echo); memory, threads and descriptors "
+              "<p>Held at once is the server's own peak count of open connections (a connection "
+              "still waiting in the listen backlog is open for the client, not for the server). "
+              "Response times are per message (send to full echo); memory, threads and descriptors "
               "are peaks summed over the server's processes; CPU per message is the server's user + "
               "system time, once every connection was open, divided by the messages echoed.</p>",
-              _html_table(RESULTS_HEADER, results_rows(study.results), 4, numeric_from=5,
+              _html_table(RESULTS_HEADER, results_rows(study.results), 5, numeric_from=6,
                           status_of=statuses, klass="results")]
     if charts:
         parts.append('<h2 id="charts">Charts</h2>')

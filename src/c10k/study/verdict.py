@@ -195,7 +195,7 @@ def decide(ev: Evidence) -> tuple[str, str]:
         if ev.exit_status not in (0, None):
             return "failed", (f"server {_exit_words(ev.exit_status)} when stopped "
                               "(all echoes were correct)")
-        return "passed", PASSED_RESULT
+        return "passed", PASSED_RESULT + _held_note(ev)
 
     causes = _refusal_causes(ev)
     for cause in _stderr_causes(ev):
@@ -237,3 +237,13 @@ def decide(ev: Evidence) -> tuple[str, str]:
     if symptoms:
         reason += f" (client: {', '.join(symptoms)})"
     return "failed", reason
+
+
+def _held_note(ev: Evidence) -> str:
+    """Said of a passed case whose server never held every connection at once: the
+    client counts a connection in the server's listen backlog as open, the server does not."""
+    peak = (ev.stats or {}).get("peak_concurrent")
+    if isinstance(peak, int) and 0 <= peak < ev.connections:
+        return (f"; but the server held at most {peak:,} of the {ev.connections:,} connections at once "
+                "(the others waited in its listen backlog)")
+    return ""
