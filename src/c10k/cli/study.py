@@ -40,7 +40,9 @@ servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio,
 
 Writes OUT/REPORT.md, OUT/report.html, OUT/results.json, charts OUT/*.png and each
 case's OUT/<server>/<connections>/connections.csv. A failing case is a result:
-the study exits 0 when it ran.
+the study exits 0 when it ran. An OUT that already holds a study's results is
+refused unless --force, which removes that study's files and case folders (and
+nothing else) first.
 
 --find-limit SERVER doubles the connection count from --start until the server
 fails (or --max is reached), then bisects down to --step, and reports the
@@ -61,6 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where the report goes (default: results/)")
     p.add_argument("--messages", type=int, metavar="N",
                    help="messages per connection, overriding the matrix's")
+    p.add_argument("--force", action="store_true",
+                   help="replace a previous study's results in --out (refused without it)")
     p.add_argument("--list", action="store_true", help="print the cases and exit")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from OUT/results.json (e.g. of a run cut short) without running")
@@ -160,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: exists and is not a directory")
     if args.report_only:
         return _report_only(out)
+    if args.list and args.find_limit:
+        raise UsageError("--list lists a matrix's cases; --find-limit has none to list")
+    if not args.list:
+        from c10k.study.outdir import prepare_out_dir
+
+        prepare_out_dir(out, force=args.force)
     # SIGTERM and SIGHUP stop the study like Ctrl-C, so the running case's
     # server and load (in their own sessions) are stopped too, not orphaned.
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -185,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
             matrix = filter_servers(matrix, [s.strip() for s in args.servers.split(",") if s.strip()])
         if args.messages:
             matrix = replace(matrix, cases=tuple(replace(c, messages=args.messages) for c in matrix.cases))
+        if not matrix.cases:
+            which = f" for --servers {args.servers}" if args.servers else ""
+            raise UsageError(f"matrix {matrix.name} has no cases{which}: nothing to run")
         if args.list:
             for c in matrix.cases:
                 print(f"{c.number:>3}  {c.server:<16}{c.connections:>8,} connections, {c.load_words}")
