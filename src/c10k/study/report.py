@@ -35,8 +35,8 @@ CHARTS = ("mean_response_time.png", "latency_percentiles.png", "cpu_per_message.
           "memory_per_connection.png")
 
 TESTCASE_HEADER = ("Test Case", "Scenario", "Expected Behavior", "Actual Results", "Status")
-RESULTS_HEADER = ("Test Case", "Server", "Connections", "Held at once", "Load", "Status", "Mean (ms)", "p50 (ms)", "p99 (ms)",
-                  "Max (ms)", "Messages/s", "Peak memory (MiB)", "Memory/connection (KiB)",
+RESULTS_HEADER = ("Test Case", "Server", "Connections", "Held at once", "Load", "Status", "Mean (ms)",
+                  "p50 (ms)", "p99 (ms)", "Max (ms)", "Messages/s", "Peak memory (MiB)", "Memory/connection (KiB)",
                   "Threads", "Descriptors", "CPU/message (µs)")
 
 # Why a case here can end differently from the original's (shown next to it).
