@@ -99,3 +99,19 @@ def test_planned_memory_is_within_2x_of_the_real_peak(serve, tmp_path, connectio
                      message_size=size)
     user = plan.memory_bytes - capacity.kernel_bytes(connections)
     assert peak / 2 <= user <= peak * 2, (user, peak)
+
+
+def test_localhost_falls_back_to_ipv6_and_ipv6_is_bracketed():
+    from c10k.load.plan import resolve
+    from c10k.netaddr import host_port
+
+    with socket.socket(socket.AF_INET6) as listener:
+        listener.bind(("::1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        family, sockaddr = resolve("localhost", port)
+        assert family == socket.AF_INET6 and sockaddr[0] == "::1"
+        plan = plan_load("localhost", port, 1)
+        assert f"to [::1]:{port} in" in plan.describe()
+    assert host_port("127.0.0.1", 7000) == "127.0.0.1:7000"
+    assert host_port("::1", 7000) == "[::1]:7000"

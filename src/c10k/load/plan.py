@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from c10k import capacity, limits
 from c10k.errors import C10kError, UsageError
 from c10k.limits import ephemeral_ports, memory_available_bytes, raise_nofile, somaxconn
+from c10k.netaddr import host_port
 
 __all__ = ["LoadPlan", "ProcessShare", "plan_load", "resolve", "plan_source_addresses"]
 
@@ -53,7 +54,7 @@ class LoadPlan:
         if self.sources:
             src = (f"source {self.sources[0]}" if len(self.sources) == 1
                    else f"{len(self.sources)} source addresses {self.sources[0]}..{self.sources[-1]}")
-        text = (f"plan: {self.connections} connection(s) to {self.address[0]}:{self.port} in "
+        text = (f"plan: {self.connections} connection(s) to {host_port(self.address[0], self.port)} in "
                 f"{self.processes} process(es) (<= {per} each, RLIMIT_NOFILE {self.nofile}), {src}, "
                 f"~{self.memory_bytes / 2**20:.0f} MiB of {self.memory_available / 2**20:.0f} MiB available")
         return "; ".join([text, *self.notes])
@@ -68,14 +69,39 @@ class LoadPlan:
 
 
 def resolve(host: str, port: int) -> tuple[int, tuple]:
-    """(family, sockaddr) of ``host``; UsageError when it does not resolve."""
+    """(family, sockaddr) of ``host``; UsageError when it does not resolve.
+
+    IPv4 is preferred, as the servers listen on it by default. A name with
+    several addresses (``localhost`` is 127.0.0.1 and ::1) gets the first that
+    accepts a connection, so a server listening only on ::1 is still found: one
+    probe connection, closed at once (the server counts it as accepted).
+    """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise UsageError(f"unknown host {host!r}: {getattr(exc, 'strerror', None) or exc}") from None
-    infos.sort(key=lambda i: i[0] != socket.AF_INET)  # prefer IPv4, as the servers listen on it
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)
+    candidates: list[tuple[int, tuple]] = list(dict.fromkeys((int(f), tuple(a)) for f, _, _, _, a in infos))
+    if host.lower().rstrip(".") == "localhost" and socket.has_ipv6:
+        # RFC 6761: localhost is the loopback, both families, whatever /etc/hosts lists.
+        loopbacks: list[tuple[int, tuple]] = [(socket.AF_INET, ("127.0.0.1", port)),
+                                              (socket.AF_INET6, ("::1", port, 0, 0))]
+        candidates += [c for c in loopbacks if all(c[1][0] != known[1][0] for known in candidates)]
+    if len(candidates) > 1:
+        for family, sockaddr in candidates:
+            if _accepts(family, sockaddr):
+                return family, sockaddr
+    return candidates[0]
+
+
+def _accepts(family: int, sockaddr: tuple) -> bool:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(2.0)
+        try:
+            s.connect(sockaddr)
+        except OSError:
+            return False
+    return True
 
 
 def _is_loopback(ip: str) -> bool:
