@@ -72,3 +72,19 @@ def test_a_matrix_with_no_cases_is_an_error_not_an_interruption(tmp_path):
     out = study("--matrix", str(matrix), "--out", str(tmp_path / "out"))
     assert out.returncode == 2
     assert "matrix empty has no cases" in out.stderr and "interrupted" not in out.stderr
+
+
+def test_list_prints_every_case_and_the_estimated_duration():
+    from c10k.study.cases import load_matrix
+    from c10k.study.estimate import duration_words, estimate_case_s, estimate_s
+
+    matrix = load_matrix("quick")
+    out = study("--matrix", "quick", "--list")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(matrix.cases) + 1
+    assert lines[-1] == f"matrix quick: {len(matrix.cases)} cases, about {duration_words(estimate_s(matrix.cases))} " \
+                        "on this machine"
+    assert lines[0].endswith(f"~{duration_words(estimate_case_s(matrix.cases[0]))}")
+    assert " 1 connection " in out.stdout  # not "1 connections"
+    assert estimate_s(matrix.cases) < estimate_s(load_matrix("seed").cases)

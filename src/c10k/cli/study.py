@@ -198,11 +198,18 @@ def run(args: argparse.Namespace) -> int:
         if not matrix.cases:
             which = f" for --servers {args.servers}" if args.servers else ""
             raise UsageError(f"matrix {matrix.name} has no cases{which}: nothing to run")
+        from c10k.study.estimate import duration_words, estimate_case_s, estimate_s
+
+        about = duration_words(estimate_s(matrix.cases))
         if args.list:
             for c in matrix.cases:
-                print(f"{c.number:>3}  {c.server:<16}{c.connections:>8,} connections, {c.load_words}")
+                noun = "connection" if c.connections == 1 else "connections"
+                print(f"{c.number:>3}  {c.server:<16}{c.connections:>8,} {noun:<12}{c.load_words:<22}"
+                      f"~{duration_words(estimate_case_s(c))}")
+            print(f"matrix {matrix.name}: {len(matrix.cases)} cases, about {about} on this machine")
             return 0
-        print(f"c10k study: matrix {matrix.name}, {len(matrix.cases)} cases; report in {out}/", flush=True)
+        print(f"c10k study: matrix {matrix.name}, {len(matrix.cases)} cases, about {about}; report in {out}/",
+              flush=True)
         progress = _Progress(len(matrix.cases), f"study {matrix.name}")
         try:
             study = run_study(matrix, out, progress=progress)
