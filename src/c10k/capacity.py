@@ -11,8 +11,18 @@ question with made-up machines.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from c10k.limits import MachineLimits
 
 __all__ = [
+    "KernelLimit",
+    "kernel_limits",
+    "blocking",
+    "tune",
     "KERNEL_BYTES_PER_SOCKET",
     "RESERVED_FDS",
     "PORT_HEADROOM",
@@ -141,3 +151,144 @@ def load_memory_bytes(connections: int, processes: int, *, message_size: int, sa
                                                      * message_size)
     return (kernel_bytes(connections, loopback=loopback) + processes * per_process
             + connections * per_connection + samples * LOAD_BYTES_PER_SAMPLE)
+
+
+#: Bytes the kernel charges a socket for one small queued message (an skb's truesize).
+SKB_OVERHEAD = 1024
+#: Ask for this much more than a run needs when raising a limit.
+RAISE_MARGIN = 1.25
+
+
+@dataclass(frozen=True)
+class KernelLimit:
+    """One kernel limit a run meets, against what the run needs.
+
+    ``status`` is "ok", "warn" (the run goes on, slower or with retries) or
+    "blocks" (the run cannot reach its connections). ``fix`` is the command that
+    raises it; ``sysctl`` the setting and value ``c10k doctor --fix`` /
+    ``c10k load --tune`` would write (None when no sysctl fixes it).
+    """
+
+    name: str
+    value: str
+    needed: str
+    status: str
+    why: str
+    fix: str = ""
+    sysctl: tuple[str, str] | None = None
+
+
+def _raise_to(name: str, needed: int) -> tuple[str, tuple[str, str]]:
+    value = str(int(needed * RAISE_MARGIN))
+    return f"sysctl -w {name}={value}", (name, value)
+
+
+def kernel_limits(connections: int, lim: MachineLimits, *, message_size: int = 15,
+                  loopback: bool = True) -> list[KernelLimit]:
+    """Every kernel limit a run of ``connections`` connections meets on this machine.
+
+    Args:
+        connections: connections open at once.
+        lim: the machine's limits (``c10k.limits.machine_limits()``, or made up).
+        message_size: bytes in flight per busy connection.
+        loopback: server and client on this machine (both ends' sockets count here).
+
+    Returns:
+        One ``KernelLimit`` per limit, in the order a run meets them.
+    """
+    out: list[KernelLimit] = []
+    ends = 2 if loopback else 1
+    # Connection tracking: once netfilter's conntrack is loaded (Podman's port
+    # publishing loads it), every tracked connection, loopback included, takes
+    # an entry; a full table drops the SYN ("nf_conntrack: table full") and the
+    # connect times out. One entry covers both directions of a connection.
+    name = "net.netfilter.nf_conntrack_max"
+    if lim.conntrack_max <= 0:
+        out.append(KernelLimit(name, "not loaded", f"{connections:,}", "ok", "connection tracking is not loaded"))
+    elif loopback and not lim.loopback_tracked:
+        out.append(KernelLimit(name, f"{lim.conntrack_max:,}", "0 (loopback not tracked)", "ok",
+                               "loopback is exempt from connection tracking"))
+    else:
+        needed = lim.conntrack_count + connections
+        blocks = needed > lim.conntrack_max
+        fix, setting = _raise_to(name, needed)
+        out.append(KernelLimit(
+            name, f"{lim.conntrack_max:,} ({lim.conntrack_count:,} in use)", f"{needed:,}",
+            "blocks" if blocks else "ok",
+            "every tracked connection takes an entry; a full table drops new connections",
+            fix + (" (or exempt loopback: nft add rule ... iif lo notrack / oif lo notrack)" if loopback else ""),
+            setting if blocks else None))
+    # Descriptors system-wide: every socket of both ends is an open file.
+    name = "fs.file-max"
+    if lim.file_max > 0:
+        needed = lim.file_nr + ends * connections
+        blocks = needed > lim.file_max
+        fix, setting = _raise_to(name, needed)
+        out.append(KernelLimit(name, f"{lim.file_max:,} ({lim.file_nr:,} open)", f"{needed:,}",
+                               "blocks" if blocks else "ok", "open files in the whole system",
+                               fix if blocks else "", setting if blocks else None))
+    if lim.nr_open > 0:
+        out.append(KernelLimit("fs.nr_open", f"{lim.nr_open:,}", f"{lim.nofile_hard:,} per process", "ok",
+                               "caps RLIMIT_NOFILE; c10k spreads connections over processes instead"))
+    # TCP memory: a busy connection has a message queued on one of its sockets.
+    # Past the pressure threshold the kernel trims buffers; past the high one
+    # sends and receives fail ("TCP: out of memory").
+    low, pressure, high = lim.tcp_mem
+    if high > 0:
+        pages = math.ceil(connections * (message_size + SKB_OVERHEAD) / lim.page_size)
+        status = "blocks" if pages > high else "warn" if pages > pressure else "ok"
+        fix, tcp_setting = "", None
+        if status != "ok":
+            value = int(pages * RAISE_MARGIN)
+            wanted = f"{max(low, value // 2)} {value} {value * 3 // 2}"
+            fix, tcp_setting = f'sysctl -w net.ipv4.tcp_mem="{wanted}"', ("net.ipv4.tcp_mem", wanted)
+        out.append(KernelLimit("net.ipv4.tcp_mem", f"{pressure:,} / {high:,} pages (pressure / high)",
+                               f"~{pages:,} pages", status,
+                               "socket buffer memory of messages in flight", fix, tcp_setting))
+    # Listen backlog: the kernel silently caps every listen() backlog at somaxconn.
+    status = "warn" if lim.somaxconn < 1024 and connections > lim.somaxconn else "ok"
+    fix, setting = _raise_to("net.core.somaxconn", 4096)
+    out.append(KernelLimit("net.core.somaxconn", f"{lim.somaxconn:,}", "1,024+", status,
+                           "caps listen backlogs: a burst of connects beyond it is dropped and retried",
+                           fix if status != "ok" else "", setting if status != "ok" else None))
+    if lim.syn_backlog:
+        status = "warn" if lim.syn_backlog < 1024 and connections > lim.syn_backlog else "ok"
+        out.append(KernelLimit("net.ipv4.tcp_max_syn_backlog", f"{lim.syn_backlog:,}", "1,024+", status,
+                               "half-open connections waiting for their handshake"))
+    # Ephemeral ports: per source address toward one destination.
+    sources = source_addresses_needed(connections, lim.ephemeral_ports)
+    out.append(KernelLimit(
+        "net.ipv4.ip_local_port_range", f"{lim.ephemeral_range[0]}-{lim.ephemeral_range[1]} "
+        f"({lim.ephemeral_ports:,} ports)", f"{sources} source address(es)",
+        "ok" if loopback or sources == 1 else "blocks",
+        "connections per source address to one server address" + ("" if loopback else
+                                                                   "; a remote server needs --source-ip")))
+    # Processes and threads: load processes and server workers take pids.
+    pids = load_processes(connections, lim.nofile_hard, lim.cpus) + server_workers(
+        connections, lim.nofile_hard, lim.cpus)
+    threads, thread_why = lim.thread_limit()
+    out.append(KernelLimit("kernel.pid_max / threads", f"{threads:,} ({thread_why})", f"{pids:,} processes",
+                           "blocks" if pids > threads else "ok",
+                           "load processes and server workers (a thread per connection needs one each)"))
+    return out
+
+
+def blocking(found: list[KernelLimit]) -> list[KernelLimit]:
+    """The limits that would stop the run."""
+    return [k for k in found if k.status == "blocks"]
+
+
+def tune(found: list[KernelLimit], write: Callable[[str, str], str]) -> list[str]:
+    """Raise every limit that blocks or warns and has a sysctl fix; say each change.
+
+    ``write(name, value)`` sets a sysctl and returns its old value
+    (``c10k.limits.write_sysctl``); nothing is restored afterwards, and every
+    change is returned as ``"name: old -> new"`` for the caller to print.
+    """
+    changes = []
+    for k in found:
+        if k.status != "ok" and k.sysctl is not None:
+            name, value = k.sysctl
+            old = write(name, value)
+            changes.append(f"{name}: {old} -> {value}")
+    return changes

@@ -10,7 +10,9 @@ What the numbers mean for a run is ``c10k.capacity``'s business.
 from __future__ import annotations
 
 import os
+import re
 import resource
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ __all__ = [
     "MachineLimits",
     "machine_limits",
     "sysctl_int",
+    "write_sysctl",
+    "loopback_tracked",
     "raise_nofile",
     "nofile_limits",
     "ephemeral_port_range",
@@ -150,6 +154,20 @@ class MachineLimits:
     syn_backlog: int
     memory_total: int
     memory_available: int
+    #: net.netfilter.nf_conntrack_max, 0 when connection tracking is not loaded
+    conntrack_max: int = 0
+    #: net.netfilter.nf_conntrack_count: connections tracked now
+    conntrack_count: int = 0
+    #: whether loopback traffic is tracked (no notrack rule exempts it)
+    loopback_tracked: bool = True
+    #: net.ipv4.tcp_mem: (low, pressure, high) in pages of ``page_size``
+    tcp_mem: tuple[int, int, int] = (0, 0, 0)
+    page_size: int = 4096
+    #: fs.file-max and the descriptors allocated system-wide now (fs.file-nr)
+    file_max: int = 0
+    file_nr: int = 0
+    #: fs.nr_open: how far RLIMIT_NOFILE may ever be raised
+    nr_open: int = 0
 
     @property
     def threads_per_process(self) -> int:
@@ -176,6 +194,9 @@ def machine_limits() -> MachineLimits:
     """Read this machine's limits (read-only)."""
     soft, hard = nofile_limits()
     pids = read_ints("/sys/fs/cgroup/pids.max")
+    conntrack_max = sysctl_int("net.netfilter.nf_conntrack_max", 0)
+    tcp_mem = read_ints(SYSCTL_ROOT / "net/ipv4/tcp_mem")
+    file_nr = read_ints(SYSCTL_ROOT / "fs/file-nr")
     return MachineLimits(
         cpus=cpus(),
         nofile_soft=soft,
@@ -193,4 +214,39 @@ def machine_limits() -> MachineLimits:
         syn_backlog=sysctl_int("net.ipv4.tcp_max_syn_backlog", 0),
         memory_total=_meminfo("MemTotal"),
         memory_available=memory_available_bytes(),
+        conntrack_max=conntrack_max,
+        conntrack_count=sysctl_int("net.netfilter.nf_conntrack_count", 0),
+        loopback_tracked=bool(conntrack_max) and loopback_tracked(),
+        tcp_mem=(tcp_mem[0], tcp_mem[1], tcp_mem[2]) if tcp_mem and len(tcp_mem) == 3 else (0, 0, 0),
+        page_size=resource.getpagesize(),
+        file_max=sysctl_int("fs.file-max", 0),
+        file_nr=file_nr[0] if file_nr else 0,
+        nr_open=sysctl_int("fs.nr_open", 0),
     )
+
+
+def loopback_tracked(ruleset: str | None = None) -> bool:
+    """Whether netfilter tracks loopback connections (each then takes a conntrack entry).
+
+    It does unless rules exempt ``lo`` in both directions (``iif lo notrack`` in
+    prerouting and ``oif lo notrack`` in output). ``ruleset`` is ``nft list
+    ruleset``'s text (read here when None; when nft cannot tell, assume tracked).
+    """
+    if ruleset is None:
+        try:
+            ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
+                                     timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return True
+    exempt = [line for line in ruleset.splitlines() if "notrack" in line]
+    inbound = any(re.search(r'\biif(name)? "?lo"?\s', line + " ") for line in exempt)
+    outbound = any(re.search(r'\boif(name)? "?lo"?\s', line + " ") for line in exempt)
+    return not (inbound and outbound)
+
+
+def write_sysctl(name: str, value: str) -> str:
+    """Set a kernel setting (root only) and return its old value; OSError when refused."""
+    path = SYSCTL_ROOT / name.replace(".", "/")
+    old = " ".join(path.read_text().split())
+    path.write_text(f"{value}\n")
+    return old

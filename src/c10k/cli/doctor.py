@@ -7,15 +7,17 @@ import dataclasses
 import json
 import sys
 
-from c10k.errors import UsageError
+from c10k.errors import C10kError, UsageError
 from c10k.study.capacity import DEFAULT_MAX_WORKERS
 
 _EPILOG = """\
 Reads the machine's limits (descriptors, FD_SETSIZE, threads, ephemeral ports,
-listen backlog, memory) and says what CONNECTIONS concurrent loopback
-connections need: server and load processes, source addresses, kernel memory,
-and which architectures can hold them here and why the others cannot.
-Nothing is changed.
+listen backlog, memory, connection tracking, TCP memory, open files system-wide)
+and says what CONNECTIONS concurrent loopback connections need: server and load
+processes, source addresses (the numbers `c10k load` will use), kernel memory,
+which architectures can hold them here and why the others cannot, and which
+kernel limits would stop or slow the run, with the command that raises each.
+Nothing is changed, unless --fix (root) is given.
 """
 
 
@@ -28,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS, metavar="N",
                    help="the epoll server's --max-workers to plan with (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the facts and the plan as JSON")
+    p.add_argument("--fix", action="store_true",
+                   help="raise every kernel limit that would stop or slow N connections (root only); "
+                        "each change is printed, none is restored afterwards")
     p.set_defaults(run=run)
 
 
@@ -54,10 +59,26 @@ def run(args: argparse.Namespace) -> int:
                          f"(at most {MOST_CONNECTIONS:,})")
     if args.max_workers < 1:
         raise UsageError("--max-workers must be at least 1")
+    from c10k import capacity
+    from c10k.limits import write_sysctl
+
     lim = machine_limits()
+    kernel = capacity.kernel_limits(args.connections, lim)
+    if args.fix:
+        try:
+            changes = capacity.tune(kernel, write_sysctl)
+        except OSError as exc:
+            raise C10kError(f"--fix: cannot change kernel settings ({exc.strerror}); run as root") from None
+        for change in changes:
+            print(f"changed {change}")
+        if not changes:
+            print(f"nothing to change for {args.connections:,} connections")
+        lim = machine_limits()
+        kernel = capacity.kernel_limits(args.connections, lim)
     cap = plan_capacity(args.connections, lim, max_workers=args.max_workers)
     if args.json:
         data = dataclasses.asdict(cap)
+        data["kernel_limits"] = [dataclasses.asdict(k) for k in kernel]
         json.dump(data, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
@@ -110,6 +131,18 @@ def run(args: argparse.Namespace) -> int:
         verdict = "[green]yes[/green]" if a.can_hold else "[red]no[/red]"
         table.add_row(a.server, f"{a.max_connections:,}", verdict, a.why)
     console.print(table)
+    console.print()
+    limits_table = Table(title=f"Kernel limits on the way to {n:,} connections", title_justify="left")
+    for column in ("Limit", "Now", f"{n:,} need", "", "Why / fix"):
+        limits_table.add_column(column)
+    words = {"ok": "[green]ok[/green]", "warn": "[yellow]slows[/yellow]", "blocks": "[red]BLOCKS[/red]"}
+    for k in kernel:
+        limits_table.add_row(k.name, k.value, k.needed, words[k.status], k.why + (f"; {k.fix}" if k.fix else ""))
+    console.print(limits_table)
     for w in cap.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+    stops = capacity.blocking(kernel)
+    if stops:
+        console.print(f"[red]{len(stops)} kernel limit(s) would stop this run[/red]: "
+                      f"{', '.join(k.name for k in stops)}; `c10k doctor -c {n} --fix` (root) raises them")
     return 0

@@ -104,6 +104,27 @@ def _accepts(family: int, sockaddr: tuple) -> bool:
     return True
 
 
+def _check_kernel(connections: int, message_size: int, loopback: bool, tune: bool) -> list[str]:
+    """Refuse (or, with ``tune``, raise) kernel limits that would stop the run."""
+    found = capacity.kernel_limits(connections, limits.machine_limits(), message_size=message_size,
+                                   loopback=loopback)
+    notes = []
+    if tune and any(k.status != "ok" for k in found):
+        try:
+            notes = [f"tuned {change}" for change in capacity.tune(found, limits.write_sysctl)]
+        except OSError as exc:
+            raise C10kError(f"--tune: cannot change kernel settings ({exc.strerror}); run as root") from None
+        found = capacity.kernel_limits(connections, limits.machine_limits(), message_size=message_size,
+                                       loopback=loopback)
+    # The port range has its own, more precise refusal in plan_source_addresses.
+    stops = [k for k in capacity.blocking(found) if k.name != "net.ipv4.ip_local_port_range"]
+    if stops:
+        raise C10kError("; ".join(f"{k.name} is {k.value} but the run needs {k.needed} ({k.why})"
+                                  + (f": {k.fix}" if k.fix else "") for k in stops)
+                        + ("" if tune else "; or run with --tune as root"))
+    return notes
+
+
 def _is_loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
@@ -149,7 +170,7 @@ def plan_source_addresses(address: str, family: int, connections: int, explicit:
 
 def plan_load(host: str, port: int, connections: int, *, processes: int | None = None,
               source_ips: Sequence[str] = (), samples: int = 0, cpus: int | None = None,
-              message_size: int = 15, in_flight: int = 1) -> LoadPlan:
+              message_size: int = 15, in_flight: int = 1, tune: bool = False) -> LoadPlan:
     """Check the limits for a run and decide processes and source addresses.
 
     Args:
@@ -162,6 +183,8 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
         samples: how many round trips will be kept (for the memory estimate).
         message_size: bytes per message (for the memory estimate).
         in_flight: messages a connection may have outstanding (1 in a closed loop).
+        tune: raise kernel limits that would stop the run (root only); each
+            change is listed in the plan's notes.
 
     Raises:
         UsageError: the host does not resolve, or the numbers make no sense.
@@ -199,7 +222,7 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
         n = connections // processes + (1 if k < connections % processes else 0)
         shares.append(ProcessShare(k, first, n))
         first += n
-    notes = []
+    notes = _check_kernel(connections, message_size, loopback, tune)
     backlog = somaxconn()
     if connections > backlog:
         notes.append(f"connects are capped in flight because listen backlogs stop at somaxconn {backlog}")
