@@ -58,20 +58,50 @@ def inspect(kind: str, name: str, template: str):
     return json.loads(podman(kind, "inspect", name, "--format", f"{{{{json {template}}}}}").stdout)
 
 
+# Publishing a port makes netavark (podman's network backend) create the host's
+# nftables `ip nat` and `ip filter` tables; they outlive the container, and while
+# they exist the kernel tracks every connection on the machine in conntrack,
+# loopback included (nf_conntrack_max is 262,144 here), which the loopback
+# studies should not pay for. So the tables this test made are removed when it
+# ends, if they hold nothing but netavark's chains; podman makes them again.
+BASE_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+
+def nft(*args: str) -> str:
+    return subprocess.run(["nft", *args], capture_output=True, text=True, timeout=30).stdout
+
+
+def nft_tables() -> set[str]:
+    if shutil.which("nft") is None:
+        return set()
+    return {line.split(None, 1)[1] for line in nft("list", "tables").splitlines() if line.startswith("table ")}
+
+
+def drop_tables_netavark_made(before: set[str]) -> None:
+    for table in sorted(nft_tables() - before):
+        chains = {line.split()[1] for line in nft("list", "table", *table.split()).splitlines()
+                  if line.strip().startswith("chain ")}
+        if all(chain in BASE_CHAINS or chain.startswith("NETAVARK") for chain in chains):
+            nft("delete", "table", *table.split())
+
+
 @pytest.fixture(scope="module")
 def image():
     """The image built from this checkout with `docker build -t epoll_server_image .`."""
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: .ci/run installs it (apt-get install podman runc debootstrap)")
+    tables_before = nft_tables()
     base = subprocess.run([str(REPO / "container" / "make-base-image.sh")], env={**os.environ, **ENV},
                           capture_output=True, text=True, timeout=900)
     assert base.returncode == 0, f"making the base image failed:\n{base.stdout}\n{base.stderr}"
     podman("rm", "--force", "--ignore", CONTAINER)  # left by a run that was killed
+    podman("rmi", "--force", "--ignore", IMAGE)  # else a rebuild leaves the old one dangling
     podman(*BUILD, timeout=600)
     try:
         yield IMAGE
     finally:
         podman("rm", "--force", "--ignore", CONTAINER, check=False)
+        drop_tables_netavark_made(tables_before)
         if os.environ.get("C10K_KEEP_IMAGE") != "1":
             podman("rmi", "--force", IMAGE, check=False)
 
