@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean venv
+.PHONY: run test container-test lint bench clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The Docker image built and run as in the original study, under podman
+# (needs root, podman, runc, debootstrap: .ci/run installs them; see container/README.md).
+# Makes the stand-in base image when missing; KEEP_IMAGE=1 keeps epoll_server_image.
+container-test: $(STAMP)
+	C10K_KEEP_IMAGE=$(KEEP_IMAGE) $(BIN)/python -m pytest -q -m container tests/container
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench container
 	$(BIN)/mypy
 
 bench: $(STAMP)
