@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from c10k.study.capacity import KERNEL_BYTES_PER_SOCKET, machine_limits, plan_capacity
+    from c10k.topology import probe_line
 
     if args.connections < 1:
         raise UsageError("-c/--connections must be at least 1")
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                   f"~{KERNEL_BYTES_PER_SOCKET // 1024} KB kernel per loopback socket")
     facts.add_row("CPUs", str(lim.cpus), "worker processes worth running")
     console.print(facts)
+    console.print(probe_line(), soft_wrap=True)  # off loopback: c10k.topology tries a namespace for real
 
     n = args.connections
     console.print()
