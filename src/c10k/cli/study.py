@@ -92,6 +92,13 @@ def _add_topology_options(p: argparse.ArgumentParser) -> None:
                         '"rate 1gbit" (tc netem/tbf; --topology netns); a matrix case\'s own link wins')
 
 
+def _say_stale(commands: Any) -> None:
+    stale = getattr(getattr(commands, "topo", None), "removed_stale", None)
+    if stale:
+        print(f"c10k study: removed {len(stale)} namespace(s) and link(s) a killed run left: "
+              f"{', '.join(stale)}", flush=True)
+
+
 def _topology(args: argparse.Namespace, matrix: Any) -> Any:
     """A context giving the runner's Commands: None for loopback, NetnsCommands for netns.
 
@@ -223,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         progress = _Progress(0, f"find-limit {args.find_limit}")
         try:
             with _topology(args, None) as commands:
+                _say_stale(commands)
                 study = find_limit(args.find_limit, out, start=args.start, max_connections=args.max_connections,
                                    step=args.step, messages=args.messages or 100, commands=commands,
                                    progress=progress)
@@ -244,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         progress = _Progress(len(matrix.cases), f"study {matrix.name}")
         try:
             with topology as commands:
+                _say_stale(commands)
                 study = run_study(matrix, out, commands=commands, progress=progress)
         finally:
             progress.close()

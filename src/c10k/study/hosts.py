@@ -85,7 +85,8 @@ class NetnsCommands(Commands):
     def topology(self) -> dict[str, Any]:
         data = self._topo().to_json()
         data["link"] = self.default_link.to_json()
-        data.update(server_cpu=self.server_cpu, client_cpu=self.client_cpu)
+        data.update(server_cpu=self.server_cpu, client_cpu=self.client_cpu,
+                    removed_stale=self._topo().removed_stale)
         return data
 
 
