@@ -105,6 +105,19 @@ def _lock_path(run_id: str) -> Path:
     return LOCK_DIR / f"{run_id}.lock"
 
 
+def _hold_lock(run_id: str) -> int:
+    """Take run ``run_id``'s lock for as long as the returned descriptor is open."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(_lock_path(run_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _release_lock(run_id: str, fd: int) -> None:
+    _lock_path(run_id).unlink(missing_ok=True)
+    os.close(fd)
+
+
 def _run_is_alive(run_id: str) -> bool:
     try:
         fd = os.open(_lock_path(run_id), os.O_RDWR | os.O_CLOEXEC)
@@ -181,11 +194,9 @@ class Topology:
         link = link or Link()
         if link.needs_netem:
             require_netem()
-        LOCK_DIR.mkdir(parents=True, exist_ok=True)
         stale = remove_stale()
         run_id = new_run_id()
-        fd = os.open(_lock_path(run_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = _hold_lock(run_id)
         topo = cls(plan_hosts(clients, run_id), Link(), stale, fd)
         try:
             with _signals_deferred():
@@ -241,8 +252,7 @@ class Topology:
             return
         with _signals_deferred():
             _remove(self.plan.namespaces, self.plan.links)
-            _lock_path(self.plan.run_id).unlink(missing_ok=True)
-            os.close(self._lock_fd)
+            _release_lock(self.plan.run_id, self._lock_fd)
             self._lock_fd = -1
 
     def to_json(self) -> dict[str, Any]:
@@ -264,8 +274,10 @@ def _signals_deferred() -> Iterator[None]:
 
 
 def _try_probe() -> dict[str, Any]:
-    ns = f"c10k{new_run_id()}-probe"
+    run_id = new_run_id()
+    ns = f"c10k{run_id}-probe"
     facts: dict[str, Any] = {"netns": False, "netem": False, "tbf": False, "why": ""}
+    lock = _hold_lock(run_id)  # so that another run's remove_stale leaves the probe alone
     try:
         _run("ip", "netns", "add", ns)
         _run("ip", "-n", ns, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1")
@@ -282,6 +294,7 @@ def _try_probe() -> dict[str, Any]:
         facts["why"] = str(exc)
     finally:
         _run("ip", "netns", "del", ns, check=False)
+        _release_lock(run_id, lock)
     return facts
 
 
