@@ -41,8 +41,10 @@ def network_line(topology: dict[str, Any]) -> str:
     if topology.get("server_cpu") is not None:
         cpu = f" server on CPU {topology['server_cpu']}, client hosts on CPU {topology.get('client_cpu')};"
     link = (topology.get("link") or {}).get("spec") or "none"
+    ports = topology.get("client_port_range")
+    ports_text = f" ephemeral ports {ports[0]}–{ports[1]} per client host;" if ports else ""
     return (f"Network: network namespaces on a bridge: server {topology.get('server')}, "
-            f"{len(clients)} client host(s) {', '.join(clients)};{cpu} link {link!r} each way "
+            f"{len(clients)} client host(s) {', '.join(clients)};{cpu}{ports_text} link {link!r} each way "
             "(a case's own link, if it has one, instead).")
 
 

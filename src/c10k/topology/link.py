@@ -47,7 +47,7 @@ class Link:
     jitter_us: float = 0.0
     loss_pct: float = 0.0
     rate_bps: int = 0
-    spec: str = ""
+    spec: str = "none"
 
     @property
     def shaped(self) -> bool:

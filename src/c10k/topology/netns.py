@@ -258,7 +258,7 @@ class Topology:
     def to_json(self) -> dict[str, Any]:
         return {"kind": "netns", "server": self.plan.server.address,
                 "clients": [h.address for h in self.plan.clients], "link": self.link.to_json(),
-                "run_id": self.plan.run_id}
+                "client_port_range": list(CLIENT_PORT_RANGE), "run_id": self.plan.run_id}
 
 
 @contextmanager
