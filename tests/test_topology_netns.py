@@ -148,6 +148,7 @@ messages = 20
 [[case]]
 server = "epoll"
 connections = 50
+link = ["none", "rate 100mbit"]
 """
 
 
@@ -165,8 +166,10 @@ def test_a_study_case_over_two_client_hosts(tmp_path: Path, clean_after) -> None
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     topo = results["topology"]
     assert topo["kind"] == "netns" and len(topo["clients"]) == 2
-    (case,) = results["cases"]
+    case, shaped = results["cases"]
     assert case["status"] == "passed", case["reason"]
+    assert shaped["status"] == "passed" and shaped["link"] == "rate 100mbit"
+    assert shaped["directory"] == "epoll/50-rate100mbit" and shaped["summary"]["messages"]["echoed"] == 50 * 20
     summary = case["summary"]
     assert summary["host"] == topo["server"] and not summary["host"].startswith("127.")
     assert summary["messages"]["echoed"] == 50 * 20
