@@ -126,7 +126,7 @@ def test_load_matrix_reads_names_and_files(tmp_path):
     path.write_text("[[case]]\nserver = 'asyncio'\nconnections = 5\n")
     m = load_matrix(str(path))
     assert m.name == "small" and [(c.server, c.connections) for c in m.cases] == [("asyncio", 5)]
-    with pytest.raises(UsageError, match="neither seed, quick nor a readable TOML file"):
+    with pytest.raises(UsageError, match="neither seed, quick, wan nor a readable TOML file"):
         load_matrix(str(tmp_path / "missing.toml"))
 
 

@@ -137,7 +137,7 @@ def test_list_and_servers_filter_the_quick_matrix():
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--matrix", "nope"], "neither seed, quick nor a readable TOML file"),
+        (["--matrix", "nope"], "neither seed, quick, wan nor a readable TOML file"),
         (["--servers", "nginx", "--list"], "unknown server 'nginx'"),
         (["--find-limit", "nginx"], "unknown server 'nginx'"),
         (["--find-limit", "select", "--start", "5000", "--max", "100"], "--start must not exceed --max"),

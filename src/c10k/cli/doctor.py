@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from c10k.capacity import KERNEL_BYTES_PER_SOCKET, ports_per_source
     from c10k.limits import machine_limits
     from c10k.study.capacity import plan_capacity
+    from c10k.topology import probe_line
 
     if args.connections < 1:
         raise UsageError("-c/--connections must be at least 1")
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                   f"~{KERNEL_BYTES_PER_SOCKET // 1024} KB kernel per loopback socket")
     facts.add_row("CPUs", str(lim.cpus), "worker processes worth running")
     console.print(facts)
+    console.print(probe_line(), soft_wrap=True)  # off loopback: c10k.topology tries a namespace for real
 
     n = args.connections
     console.print()

@@ -24,6 +24,8 @@ matrices:
           More than an hour on two cores (epoll at 100000 x 100 alone: ~15 min)
   quick   every architecture at up to 2000 connections, and select, poll, epoll
           at a fixed rate, in about two minutes
+  wan     every architecture at 1000 and 10000 connections with 0, 1 ms and 25 ms
+          added each way (needs --topology netns and a kernel with netem)
   FILE    a TOML file:
             name = "my matrix"            # optional
             messages = 100                # optional default
@@ -35,6 +37,7 @@ matrices:
             timeout = 300                 # optional, seconds
             rate = 2000                   # optional: open loop, messages/s in total
             duration = 5                  # with rate: seconds of sending
+            link = "delay 25ms"           # optional, or a list (--topology netns)
 
 servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio, uvloop
 
@@ -76,7 +79,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest count to try (default: 100000)")
     g.add_argument("--step", type=int, default=1000, metavar="N",
                    help="stop bisecting when pass and fail are this close (default: 1000)")
+    _add_topology_options(p)
     p.set_defaults(run=run)
+
+
+def _add_topology_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("network (off loopback)")
+    g.add_argument("--topology", choices=("loopback", "netns"), default="loopback",
+                   help="loopback (default), or netns: the server and each client host in its own "
+                        "network namespace on a bridge, server on CPU 0, clients on CPU 1 (needs root)")
+    g.add_argument("--clients", type=int, default=None, metavar="N",
+                   help="client hosts with --topology netns (default: 2); a case's connections are split "
+                        "across them")
+    g.add_argument("--link", metavar="SPEC",
+                   help='the client hosts\' link, each way, e.g. "delay 5ms", "delay 25ms 2ms loss 0.1%%", '
+                        '"rate 1gbit" (tc netem/tbf; --topology netns); a matrix case\'s own link wins')
+
+
+def _say_stale(commands: Any) -> None:
+    stale = getattr(getattr(commands, "topo", None), "removed_stale", None)
+    if stale:
+        print(f"c10k study: removed {len(stale)} namespace(s) and link(s) a killed run left: "
+              f"{', '.join(stale)}", flush=True)
+
+
+def _topology(args: argparse.Namespace, matrix: Any) -> Any:
+    """A context giving the runner's Commands: None for loopback, NetnsCommands for netns.
+
+    Checks everything a user can get wrong first, each as one line (exit 2).
+    """
+    from contextlib import nullcontext
+
+    from c10k.study.cases import has_links
+    from c10k.topology import MAX_CLIENTS, parse_link
+
+    link = parse_link(args.link) if args.link is not None else None
+    if args.clients is not None and not 1 <= args.clients <= MAX_CLIENTS:
+        raise UsageError(f"--clients must be 1 to {MAX_CLIENTS} client hosts, not {args.clients}")
+    if args.topology == "loopback":
+        if args.clients is not None or link is not None:
+            raise UsageError("--clients and --link need --topology netns")
+        if matrix is not None and has_links(matrix):
+            raise UsageError(f"matrix {matrix.name} gives links to its cases: add --topology netns")
+        return nullcontext(None)
+    from c10k.study.hosts import netns_commands
+    from c10k.topology import check_can_run, require_netem
+
+    check_can_run()
+    if link is not None and link.needs_netem:
+        require_netem()
+    if matrix is not None and any(parse_link(c.link).needs_netem for c in matrix.cases if c.link):
+        require_netem()
+    return netns_commands(args.clients or 2, link)
 
 
 class _Progress:
@@ -185,8 +239,11 @@ def run(args: argparse.Namespace) -> int:
               f"connections; report in {out}/", flush=True)
         progress = _Progress(0, f"find-limit {args.find_limit}")
         try:
-            study = find_limit(args.find_limit, out, start=args.start, max_connections=args.max_connections,
-                               step=args.step, messages=args.messages or 100, progress=progress)
+            with _topology(args, None) as commands:
+                _say_stale(commands)
+                study = find_limit(args.find_limit, out, start=args.start, max_connections=args.max_connections,
+                                   step=args.step, messages=args.messages or 100, commands=commands,
+                                   progress=progress)
         finally:
             progress.close()
     else:
@@ -204,15 +261,19 @@ def run(args: argparse.Namespace) -> int:
         if args.list:
             for c in matrix.cases:
                 noun = "connection" if c.connections == 1 else "connections"
+                link = f" [{c.link}]" if c.link else ""
                 print(f"{c.number:>3}  {c.server:<16}{c.connections:>8,} {noun:<12}{c.load_words:<22}"
-                      f"~{duration_words(estimate_case_s(c))}")
+                      f"~{duration_words(estimate_case_s(c))}{link}")
             print(f"matrix {matrix.name}: {len(matrix.cases)} cases, about {about} on this machine")
             return 0
+        topology = _topology(args, matrix)
         print(f"c10k study: matrix {matrix.name}, {len(matrix.cases)} cases, about {about}; report in {out}/",
               flush=True)
         progress = _Progress(len(matrix.cases), f"study {matrix.name}")
         try:
-            study = run_study(matrix, out, progress=progress)
+            with topology as commands:
+                _say_stale(commands)
+                study = run_study(matrix, out, commands=commands, progress=progress)
         finally:
             progress.close()
     if not study.results:

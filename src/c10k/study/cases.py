@@ -19,6 +19,12 @@ real server with ten thousand clients). There select() and poll() pay for
 scanning every descriptor on each call and epoll does not, which the closed
 loop, where every connection is always busy, hides. Their folders are
 ``<server>/<connections>-rate<R>/``.
+``wan``
+    Every architecture at 1,000 and 10,000 connections, each with no added
+    delay, 1 ms and 25 ms each way between the client hosts and the server:
+    how a round-trip time changes which architecture wins. Needs
+    ``--topology netns``; a case's link shows in its folder
+    (``<server>/10000-delay25ms/``).
 a TOML file
     A user's matrix::
 
@@ -33,6 +39,7 @@ a TOML file
         timeout = 300                   # optional, seconds before the case is stopped
         rate = 2000                     # optional: open loop, messages/s over all connections
         duration = 5                    # seconds of sending (with rate; replaces messages)
+        link = "delay 25ms"             # optional, or a list: the client hosts' link (--topology netns)
 
     Cases are numbered in file order (servers, then connections).
 
@@ -63,9 +70,13 @@ __all__ = [
     "Matrix",
     "seed_matrix",
     "quick_matrix",
+    "wan_matrix",
+    "WAN_LINKS",
     "matrix_from_toml",
     "load_matrix",
     "filter_servers",
+    "has_links",
+    "link_slug",
 ]
 
 #: Study server name -> (``c10k serve`` architecture, extra options).
@@ -159,6 +170,7 @@ class Case:
     timeout_s: float | None = None
     rate: int | None = None
     duration_s: float | None = None
+    link: str | None = None
 
     @property
     def fixed_rate(self) -> bool:
@@ -184,12 +196,14 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.server} {self.connections}" + (f" @{self.rate}/s" if self.fixed_rate else "")
+        label = f"{self.server} {self.connections}" + (f" @{self.rate}/s" if self.fixed_rate else "")
+        return label + (f" [{self.link}]" if link_slug(self.link) else "")
 
     @property
     def slug(self) -> str:
         """The case's folder under ``<server>/``: its connection count (plus the rate, if fixed)."""
-        return str(self.connections) + (f"-rate{self.rate}" if self.fixed_rate else "")
+        slug = str(self.connections) + (f"-rate{self.rate}" if self.fixed_rate else "")
+        return slug + link_slug(self.link)
 
 
 @dataclass(frozen=True)
@@ -238,6 +252,45 @@ def quick_matrix() -> Matrix:
                   f"at a fixed {SCAN_RATE} messages/s")
 
 
+#: The wan matrix's links: no added delay, 1 ms and 25 ms each way (RTT 0, 2 and 50 ms).
+WAN_LINKS = ("none", "delay 1ms", "delay 25ms")
+_WAN_COUNTS = (1000, 10000)
+
+
+def wan_matrix() -> Matrix:
+    """Every architecture at 1,000 and 10,000 connections over each of ``WAN_LINKS`` (needs netns)."""
+    cases = [Case(0, s, n, link=link) for s in SERVERS for n in _WAN_COUNTS for link in WAN_LINKS]
+    cases = [replace(c, number=i) for i, c in enumerate(cases, start=1)]
+    return Matrix("wan", tuple(cases), "every architecture at 1,000 and 10,000 connections with 0, 1 ms "
+                  "and 25 ms added each way between client hosts and server (--topology netns)")
+
+
+def link_slug(link: str | None) -> str:
+    """``-delay25ms`` for a case's folder; ``""`` for no link (loopback or unshaped)."""
+    words = (link or "").split()
+    if not words or words == ["none"]:
+        return ""
+    return "-" + "".join(w.replace("%", "pct") for w in words)
+
+
+def _link_spec(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: link must be a string like \"delay 5ms\", not {value!r}")
+    from c10k.topology.link import parse_link  # checked here, applied by the runner
+
+    try:
+        return parse_link(value).spec
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def has_links(matrix: Matrix) -> bool:
+    """Whether any case of ``matrix`` asks for a shaped link (which needs --topology netns)."""
+    return any(link_slug(c.link) for c in matrix.cases)
+
+
 def _positive_int(value: Any, what: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UsageError(f"{where}: {what} must be a positive integer, not {value!r}")
@@ -270,7 +323,8 @@ def matrix_from_toml(text: str, name: str = "custom") -> Matrix:
         where = f"matrix {name}, case {i}"
         if not isinstance(entry, dict):
             raise UsageError(f"{where}: must be a table")
-        unknown = set(entry) - {"server", "connections", "messages", "message", "timeout", "rate", "duration"}
+        unknown = set(entry) - {"server", "connections", "messages", "message", "timeout", "rate", "duration",
+                                "link"}
         if unknown:
             raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         if "server" not in entry or "connections" not in entry:
@@ -296,11 +350,13 @@ def matrix_from_toml(text: str, name: str = "custom") -> Matrix:
                 raise UsageError(f"{where}: a rate needs a positive duration (seconds)")
         elif duration is not None:
             raise UsageError(f"{where}: duration only goes with rate")
+        links = [_link_spec(v, where) for v in _as_list(entry.get("link", [None]))]
         for s in servers:
             for n in counts:
-                cases.append(Case(len(cases) + 1, s, n, messages, message, None,
-                                  float(timeout) if timeout is not None else None,
-                                  rate, float(duration) if duration is not None else None))
+                for link in links:
+                    cases.append(Case(len(cases) + 1, s, n, messages, message, None,
+                                      float(timeout) if timeout is not None else None,
+                                      rate, float(duration) if duration is not None else None, link))
     title = doc.get("name", name)
     return Matrix(str(title), tuple(cases), str(doc.get("description", "")))
 
@@ -315,11 +371,13 @@ def load_matrix(spec: str) -> Matrix:
         return seed_matrix()
     if spec == "quick":
         return quick_matrix()
+    if spec == "wan":
+        return wan_matrix()
     path = Path(spec)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise UsageError(f"--matrix {spec}: neither seed, quick nor a readable TOML file "
+        raise UsageError(f"--matrix {spec}: neither seed, quick, wan nor a readable TOML file "
                          f"({exc.strerror})") from None
     return matrix_from_toml(text, name=path.stem)
 

@@ -27,6 +27,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from c10k.study.cases import EXPECTED_BEHAVIOR, SERVERS  # noqa: E402
+from c10k.study.network_report import RTT_CAPTION, RTT_CHART, network_line, rtt_chart, rtt_notes  # noqa: E402
 from c10k.study.runner import CaseResult, StudyResult  # noqa: E402
 
 __all__ = ["write_report", "results_rows", "testcase_rows", "cpu_per_message_us", "CHARTS"]
@@ -354,6 +355,7 @@ _CHART_CAPTIONS = {
                "many ready sockets; at a fixed rate with most connections idle (right) it is paid "
                "for few messages, and grows with the connections.",
     CHARTS[3]: "Server memory per connection (user space; the kernel adds about 5 KB per socket).",
+    RTT_CHART: RTT_CAPTION,
 }
 
 
@@ -377,6 +379,8 @@ def _markdown(study: StudyResult, charts: list[str]) -> str:
         f"# c10k study: {study.matrix}",
         "",
         f"Run {study.started_at} on {_machine_line(study.machine)}.",
+        "",
+        network_line(study.topology),
         "",
         _summary_line(study),
         "",
@@ -402,6 +406,8 @@ def _markdown(study: StudyResult, charts: list[str]) -> str:
         parts += ["## Charts", ""]
         for name in charts:
             parts += [f"![{name}]({name})", "", f"*{_CHART_CAPTIONS[name]}*", ""]
+        for note in rtt_notes(study):
+            parts += [note, ""]
     parts += ["Each case's per-connection log is in `<server>/<connections>/connections.csv`, "
               "with the load's `summary.json`, the server's `server-stats.json` and both logs.", ""]
     return "\n".join(parts)
@@ -450,7 +456,7 @@ def _html(study: StudyResult, charts: list[str], out_dir: Path) -> str:
         f"<title>c10k study: {html.escape(study.matrix)}</title><style>{_CSS}</style></head><body>",
         f"<h1>c10k study: {html.escape(study.matrix)}</h1>",
         f'<p class="meta">Run {html.escape(study.started_at)} on {html.escape(_machine_line(study.machine))}.'
-        f"<br>{html.escape(_summary_line(study))}</p>",
+        f"<br>{html.escape(network_line(study.topology))}<br>{html.escape(_summary_line(study))}</p>",
     ]
     for note in study.notes:
         parts.append(f"<p><strong>{html.escape(note)}</strong></p>")
@@ -475,6 +481,7 @@ def _html(study: StudyResult, charts: list[str], out_dir: Path) -> str:
             data = base64.b64encode((out_dir / name).read_bytes()).decode()
             parts.append(f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
                          f"<figcaption>{html.escape(_CHART_CAPTIONS[name])}</figcaption></figure>")
+        parts += [f"<p>{html.escape(note)}</p>" for note in rtt_notes(study)]
     parts.append("<p class=meta>Each case's per-connection log: <code>&lt;server&gt;/&lt;connections&gt;/"
                  "connections.csv</code>.</p></body></html>")
     return "\n".join(parts)
@@ -489,6 +496,8 @@ def write_report(study: StudyResult, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(study.to_json(), indent=1) + "\n")
     charts = _write_charts(study.results, out_dir)
+    if rtt_chart(study, out_dir / RTT_CHART):
+        charts.append(RTT_CHART)
     (out_dir / "REPORT.md").write_text(_markdown(study, charts))
     (out_dir / "report.html").write_text(_html(study, charts, out_dir))
     return [out_dir / n for n in ("results.json", "REPORT.md", "report.html", *charts)]

@@ -99,6 +99,10 @@ class Commands:
             return cmd + ["--rate", str(case.rate), "--duration", f"{case.duration_s:g}"]
         return cmd + ["-n", str(case.messages)]
 
+    def topology(self) -> dict[str, Any]:
+        """The network the cases run over, for results.json (``study.hosts`` has the netns one)."""
+        return {"kind": "loopback", "server": self.host}
+
     def connect_deadline_s(self, case: Case) -> float:
         """Seconds the server has to hold every connection (its descriptors, summed)."""
         return self.connect_grace_s + case.connections / 1000.0
@@ -143,6 +147,7 @@ class CaseResult:
             "message": c.message,
             "rate": c.rate,
             "send_duration_s": c.duration_s,
+            "link": c.link,
             "scenario": c.scenario,
             "original": c.original,
             "status": self.status,
@@ -168,6 +173,7 @@ class StudyResult:
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False
+    topology: dict[str, Any] = field(default_factory=lambda: {"kind": "loopback"})
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StudyResult:
@@ -176,7 +182,7 @@ class StudyResult:
         for c in data["cases"]:
             case = Case(c["case"], c["server"], c["connections"], c.get("messages", 100),
                         c.get("message", "Gary's spamming"), c.get("original"), None, c.get("rate"),
-                        c.get("send_duration_s"))
+                        c.get("send_duration_s"), c.get("link"))
             usage_json = c.get("server_usage") or {}
             fields = {k: v for k, v in usage_json.items() if k in Usage.__dataclass_fields__}
             usage = Usage(**fields)
@@ -185,7 +191,8 @@ class StudyResult:
                                       c.get("summary"), usage, c.get("server_stats"), c.get("server_exit"),
                                       c.get("load_status"), c.get("duration_s", 0.0)))
         return cls(data.get("matrix", "study"), results, data.get("machine", {}),
-                   data.get("started_at", ""), data.get("duration_s", 0.0), list(data.get("notes", [])))
+                   data.get("started_at", ""), data.get("duration_s", 0.0), list(data.get("notes", [])),
+                   topology=data.get("topology") or {"kind": "loopback"})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -193,6 +200,7 @@ class StudyResult:
             "started_at": self.started_at,
             "duration_s": round(self.duration_s, 3),
             "machine": self.machine,
+            "topology": self.topology,
             "notes": self.notes,
             "cases": [r.to_json() for r in self.results],
         }
@@ -431,6 +439,7 @@ def run_study(matrix: Matrix, out_dir: Path, commands: Commands | None = None,
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     study = StudyResult(matrix.name, [], machine_facts(), _now())
+    study.topology = (commands or Commands()).topology()
     t0 = time.monotonic()
     try:
         for case in matrix.cases:
@@ -472,6 +481,7 @@ def find_limit(server: str, out_dir: Path, *, start: int = 1000, max_connections
         raise ValueError(f"unknown server {server!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     study = StudyResult(f"find-limit {server}", [], machine_facts(), _now())
+    study.topology = (commands or Commands()).topology()
     t0 = time.monotonic()
     template = Case(0, server, start, messages=messages)
 
