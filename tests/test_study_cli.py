@@ -129,7 +129,9 @@ def test_every_case_keeps_its_connections_csv_and_the_charts_exist(reduced_run):
 def test_list_and_servers_filter_the_quick_matrix():
     proc = study("--matrix", "quick", "--servers", "select,uvloop", "--list", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    listed = [line.split()[1:3] for line in proc.stdout.splitlines()]
+    *cases, total = proc.stdout.splitlines()
+    assert total.startswith("matrix quick: ") and "about" in total
+    listed = [line.split()[1:3] for line in cases]
     expected = [[c.server, f"{c.connections:,}"] for c in quick_matrix().cases if c.server in ("select", "uvloop")]
     assert listed == expected
 
@@ -177,7 +179,7 @@ def test_ctrl_c_stops_the_study_and_keeps_a_report_of_what_ran(tmp_path, signum)
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("c10k study: matrix two, 2 cases; report in ")
+        assert proc.stdout.readline().startswith("c10k study: matrix two, 2 cases, about ")
         first = proc.stdout.readline()
         assert "poll" in first and "passed" in first
         proc.send_signal(signum)
