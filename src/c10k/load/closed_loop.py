@@ -23,17 +23,14 @@ events come through ``_slow_event`` and each new connection starts at once.
 from __future__ import annotations
 
 import os
-import select
 import time
 from array import array
 
 from c10k.load.phase import Phase, ProgressCallback
 from c10k.load.ramp import ConnectRamp
-from c10k.load.table import CONNECTED, CONNECTING, EPOLLIN, EPOLLOUT, FREE, RUNNING, ConnectionTable, reason
+from c10k.load.table import CONNECTED, RUNNING, ConnectionTable, reason
 
 __all__ = ["ClosedLoop"]
-
-_READABLE = EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 
 
 class ClosedLoop(Phase):
@@ -93,26 +90,17 @@ class ClosedLoop(Phase):
                 self.begin(fd, time.monotonic_ns())
 
     def _slow_event(self, fd: int, ev: int) -> None:
+        if not self.ready_to_read(fd, ev):
+            return
         t = self.t
-        st = t.state[fd]
-        if st in (CONNECTING, CONNECTED):
-            self.ramp.event(fd, ev)
+        try:
+            data = os.read(fd, t.want[fd])
+        except BlockingIOError:
             return
-        if st == FREE:
+        except OSError as exc:
+            t.fail(fd, reason(exc))
             return
-        if ev & EPOLLOUT and fd in t.outq:
-            t.flush(fd)
-            if t.state[fd] == FREE:
-                return
-        if ev & _READABLE:
-            try:
-                data = os.read(fd, t.want[fd])
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                t.fail(fd, reason(exc))
-                return
-            self._odd_read(fd, data)
+        self._odd_read(fd, data)
 
     def _odd_read(self, fd: int, data: bytes) -> None:
         """A read that was not one whole byte-exact echo: partial, mismatched or EOF."""

@@ -9,17 +9,14 @@ connection is open before the first send.
 
 from __future__ import annotations
 
-import select
 import time
 from array import array
 
 from c10k.load.phase import Phase, ProgressCallback
 from c10k.load.ramp import ConnectRamp
-from c10k.load.table import CONNECTED, CONNECTING, EPOLLIN, EPOLLOUT, RUNNING, ConnectionTable, reason
+from c10k.load.table import CONNECTED, RUNNING, ConnectionTable, reason
 
 __all__ = ["OpenLoop"]
-
-_READABLE = EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 
 
 class OpenLoop(Phase):
@@ -52,18 +49,7 @@ class OpenLoop(Phase):
             t.fail(fd, "timeout")
 
     def _event(self, fd: int, ev: int) -> None:
-        t = self.t
-        st = t.state[fd]
-        if st in (CONNECTING, CONNECTED):
-            self.ramp.event(fd, ev)
-            return
-        if st != RUNNING:
-            return
-        if ev & EPOLLOUT and fd in t.outq:
-            t.flush(fd)
-            if t.state[fd] != RUNNING:
-                return
-        if ev & _READABLE:
+        if self.ready_to_read(fd, ev):
             self._read(fd)
 
     def _read(self, fd: int) -> None:

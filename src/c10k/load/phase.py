@@ -9,15 +9,17 @@ has failed: the barrier, after which the message phase (``closed_loop.py`` or
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable
 
 from c10k.load.ramp import TICK_NS, ConnectRamp
-from c10k.load.table import ConnectionTable
+from c10k.load.table import CONNECTED, CONNECTING, EPOLLIN, EPOLLOUT, RUNNING, ConnectionTable
 
 __all__ = ["Phase", "ConnectPhase", "SCAN_NS"]
 
 SCAN_NS = 250_000_000  # timeout scan and progress every 0.25 s
+_READABLE = EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 #: (open, established, echoed, failed connections)
 ProgressCallback = Callable[[int, int, int, int], None]
 
@@ -35,6 +37,22 @@ class Phase:
 
     def echoed_total(self) -> int:
         return 0
+
+    def ready_to_read(self, fd: int, ev: int) -> bool:
+        """An event off the fast path: hand connect events to the ramp, send what was queued;
+        True when the connection is running and has something to read (data, EOF or an error)."""
+        t = self.t
+        st = t.state[fd]
+        if st in (CONNECTING, CONNECTED):
+            self.ramp.event(fd, ev)
+            return False
+        if st != RUNNING:
+            return False
+        if ev & EPOLLOUT and fd in t.outq:
+            t.flush(fd)
+            if t.state[fd] != RUNNING:
+                return False
+        return bool(ev & _READABLE)
 
     def tick(self) -> float:
         """Periodic work; returns how long the next poll may block (seconds)."""
