@@ -107,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
         print(plan.describe(), flush=True)
     # SIGTERM stops the run as Ctrl-C does, and neither may cut the writing of the results short.
     with stop_signals() as stop:
-        if live:
-            result = _run_with_bar(settings, plan)
-        else:
-            result = run_settings(settings, plan=plan)
+        try:
+            result = _run_with_bar(settings, plan) if live else run_settings(settings, plan=plan)
+        except KeyboardInterrupt:  # before the engines started: nothing was measured
+            print("c10k load: interrupted before the run started; nothing written", file=sys.stderr)
+            return 128 + (stop.signum or signal.SIGINT)
         return _report(result, args.out, quiet, live, stop.signum)
 
 
