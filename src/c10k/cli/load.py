@@ -6,9 +6,12 @@ import argparse
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c10k.errors import C10kError, UsageError
+
+if TYPE_CHECKING:  # the library (numpy) is imported only when a load runs
+    from c10k.load import LoadPlan, LoadResult, LoadSettings
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1", "port": 7000, "count": 100, "connections": 1, "connect_rate": 0.0,
@@ -66,7 +69,7 @@ def _ask(args: argparse.Namespace) -> None:
     args.count, args.connections = count, conns
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> LoadSettings:
     from c10k.load import DEFAULT_MESSAGE, LoadSettings, make_message
 
     if all(getattr(args, k) is None for k in ("host", "port", "message", "size", "count", "connections",
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         return _report(result, args.out, quiet, live, stop.signum)
 
 
-def _report(result: Any, out: str, quiet: bool, live: bool, signum: int | None) -> int:
+def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int | None) -> int:
     from c10k.load import write_results
 
     try:
@@ -143,7 +146,7 @@ def _report(result: Any, out: str, quiet: bool, live: bool, signum: int | None) 
     return 0
 
 
-def _run_with_bar(settings: Any, plan: Any) -> Any:
+def _run_with_bar(settings: LoadSettings, plan: LoadPlan) -> LoadResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from c10k.load import run_settings
