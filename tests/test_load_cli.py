@@ -36,6 +36,10 @@ from test_load_faults import ThreadServer, echo
         ["--source-ip", "not-an-ip"],
         ["-c", "2", "--processes", "3"],
         ["-c", "many"],
+        ["--rate", "inf", "--duration", "1"],
+        ["--rate", "10", "--duration", "inf"],
+        ["--connect-rate", "nan"],
+        ["--timeout", "inf"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

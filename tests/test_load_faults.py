@@ -263,6 +263,28 @@ def test_no_barrier_and_paced_connects(broken_server) -> None:
     assert 1 <= s["connections"]["peak_open"] <= 6
 
 
+def test_failed_connections_have_one_meaning(broken_server) -> None:
+    """Half the connections are closed at once by the server: those, and only those, are failed,
+    in the summary, in the rows and in the last progress report."""
+    lock, accepted = threading.Lock(), [0]
+
+    def every_other(conn: socket.socket) -> None:
+        with lock:
+            accepted[0] += 1
+            k = accepted[0]
+        if k % 2:
+            echo(conn)
+
+    srv = broken_server(every_other)
+    seen: list[Progress] = []
+    r = run_load("127.0.0.1", srv.port, connections=6, count=3, timeout=5, on_progress=seen.append)
+    c = r.summary["connections"]
+    assert c["completed"] == 3 and c["failed"] == 3
+    assert c["failed"] == sum(r.summary["errors"].values()) == c["requested"] - c["completed"]
+    assert sum(1 for row in r.rows if row[10]) == 3
+    assert all(p.failed <= 3 for p in seen)
+
+
 def test_zero_messages_only_connects(broken_server) -> None:
     srv = broken_server(echo)
     r = run_load("127.0.0.1", srv.port, connections=4, count=0)

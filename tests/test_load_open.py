@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from c10k.load import run_load
+from c10k.load import Progress, run_load
 
 # A single-threaded selectors echo server in its own process, so SIGSTOP freezes it.
 ECHO_SERVER = r"""
@@ -74,26 +74,32 @@ def test_open_loop_steady(echo_process: tuple[subprocess.Popen[str], int]) -> No
 @pytest.mark.timeout(60)
 def test_open_loop_sees_a_one_second_stall(echo_process: tuple[subprocess.Popen[str], int]) -> None:
     proc, port = echo_process
-    stopped = threading.Event()
+    stall: dict[str, float] = {}
 
-    def freeze() -> None:
-        os.kill(proc.pid, signal.SIGSTOP)
-        stopped.set()
-        threading.Timer(1.0, os.kill, (proc.pid, signal.SIGCONT)).start()
+    def freeze_then_thaw(p: Progress) -> None:
+        # Driven by the run's own progress (about every 0.25 s), not by a wall-clock timer
+        # started beside it: the freeze surely falls in the message phase, once echoes flow,
+        # and it lasts at least 1 s, however busy the machine.
+        now = time.monotonic()
+        if "stopped" not in stall and p.echoed > 0:
+            os.kill(proc.pid, signal.SIGSTOP)
+            stall["stopped"] = now
+        elif "stopped" in stall and "resumed" not in stall and now - stall["stopped"] >= 1.0:
+            os.kill(proc.pid, signal.SIGCONT)
+            stall["resumed"] = now
 
-    # The run connects in a few ms and then sends 500 msg/s for 3 s; the server
-    # is frozen from about 0.6 s to 1.6 s into it.
-    timer = threading.Timer(0.6, freeze)
-    timer.start()
     try:
-        r = run_load("127.0.0.1", port, connections=5, rate=500, duration=3.0, timeout=10)
+        r = run_load("127.0.0.1", port, connections=5, rate=500, duration=4.0, timeout=10,
+                     on_progress=freeze_then_thaw)
     finally:
-        timer.cancel()
         os.kill(proc.pid, signal.SIGCONT)
-    assert stopped.is_set()
+    assert "stopped" in stall and "resumed" in stall, stall
     s = r.summary
     assert r.ok, s["errors"]
-    assert s["messages"]["echoed"] == 1500
+    assert s["messages"]["echoed"] == 2000
+    # Messages scheduled in the first 0.2 s of a stall of >= 1 s wait > 0.8 s: ~100 of 2000 (5%).
     assert s["latency_us"]["p99"] > 800_000
     assert s["latency_us"]["max"] > 800_000
+    # Only messages scheduled in the stall's first (stall - 0.8) s wait longer than 0.8 s: the
+    # median stays below unless the stall lasts over 2.8 s (the thaw comes ~0.25 s after 1 s).
     assert s["latency_us"]["p50"] < 800_000

@@ -108,3 +108,16 @@ def test_two_processes_merge_every_sample(tmp_path: Path) -> None:
     assert {int(row["process"]) for row in rows} == {0, 1}
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["connections"]["peak_open"] == 12
+
+
+def test_failed_means_connections_that_ended_with_an_error() -> None:
+    """One meaning of "failed": every requested connection is completed or failed, and a failed
+    one has its reason in the error column (a process that never reported counts as not_started)."""
+    p = _part(0, 0, [[5, 6], [], [7]])
+    p.errors[1] = "ECONNREFUSED"
+    p.counters["completed"] = 2
+    r = merge_results([p], host="h", port=1, requested=5)  # connections 3 and 4: no process reported them
+    c = r.summary["connections"]
+    assert r.summary["errors"] == {"ECONNREFUSED": 1, "not_started": 2}
+    assert c["failed"] == 3 == sum(r.summary["errors"].values()) == c["requested"] - c["completed"]
+    assert not r.ok

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from c10k.errors import C10kError, UsageError
+
+if TYPE_CHECKING:  # the library (numpy) is imported only when a load runs
+    from c10k.load import LoadPlan, LoadResult, LoadSettings
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1", "port": 7000, "count": 100, "connections": 1, "connect_rate": 0.0,
@@ -22,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "COUNT times on each, check every echo byte for byte and time every round trip. "
                     "Writes OUT/summary.json and OUT/connections.csv. Exit 0 only when every "
                     "connection was established and every message came back byte-exact, 1 otherwise, 2 for "
-                    "usage errors, 130 after Ctrl-C (what was measured is still written).")
+                    "usage errors, 130 after Ctrl-C and 143 after SIGTERM (what was measured is still written).")
     # Defaults are None so that "no arguments at all" can be told apart (the interactive mode).
     p.add_argument("--host", help=f"server host (default {DEFAULTS['host']})")
     p.add_argument("-p", "--port", type=int, help=f"server port (default {DEFAULTS['port']})")
@@ -65,8 +69,8 @@ def _ask(args: argparse.Namespace) -> None:
     args.count, args.connections = count, conns
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    from c10k.load import DEFAULT_MESSAGE, make_message
+def _settings(args: argparse.Namespace) -> LoadSettings:
+    from c10k.load import DEFAULT_MESSAGE, LoadSettings, make_message
 
     if all(getattr(args, k) is None for k in ("host", "port", "message", "size", "count", "connections",
                                                 "processes", "connect_rate", "timeout", "source_ip", "rate",
@@ -81,51 +85,46 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         message = make_message(args.size)
     elif args.message is not None:
         message = args.message.encode()
-        if not message:
-            raise UsageError("-m/--message must not be empty")
     else:
         message = DEFAULT_MESSAGE
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port must be 1..65535, not {args.port}")
-    if args.connections < 1:
-        raise UsageError(f"-c/--connections must be at least 1, not {args.connections}")
-    if args.count < 0:
-        raise UsageError(f"-n/--count must be 0 or more, not {args.count}")
-    if args.processes is not None and args.processes < 1:
-        raise UsageError(f"--processes must be at least 1, not {args.processes}")
     sources = [ip.strip() for item in (args.source_ip or []) for ip in item.split(",") if ip.strip()]
-    return {
-        "message": message, "count": args.count, "connections": args.connections,
-        "connect_rate": args.connect_rate, "timeout": args.timeout, "source_ips": sources,
-        "barrier": args.barrier is not False, "rate": args.rate, "duration": args.duration,
-    }
+    return LoadSettings(
+        host=args.host, port=args.port, message=message, count=args.count, connections=args.connections,
+        processes=args.processes, connect_rate=args.connect_rate, timeout=args.timeout, source_ips=tuple(sources),
+        barrier=args.barrier is not False, rate=args.rate, duration=args.duration)
 
 
 def run(args: argparse.Namespace) -> int:
-    from c10k.load import check_options, plan_load, run_load, write_results
+    from c10k.load import plan_for, run_settings
+    from c10k.load.supervisor import stop_signals
 
-    options = _options(args)
+    settings = _settings(args)
     quiet = bool(args.quiet)
     live = not quiet and sys.stdout.isatty()
-    samples = int(options["rate"] * options["duration"]) if options["rate"] else args.connections * args.count
-    check_options(options["message"], options["count"], options["connections"], options["connect_rate"],
-           options["timeout"], options["rate"], options["duration"])
-    plan = plan_load(args.host, args.port, args.connections, processes=args.processes,
-                     source_ips=options["source_ips"], samples=samples)
+    plan = plan_for(settings)
     try:  # before the run, so that a long run cannot end in "cannot write"
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise C10kError(f"cannot create --out {args.out}: {exc.strerror or exc}") from None
     if not quiet:
         print(plan.describe(), flush=True)
-    if live:
-        result = _run_with_bar(args, plan, options)
-    else:
-        result = run_load(args.host, args.port, plan=plan, **options)
+    # SIGTERM stops the run as Ctrl-C does, and neither may cut the writing of the results short.
+    with stop_signals() as stop:
+        try:
+            result = _run_with_bar(settings, plan) if live else run_settings(settings, plan=plan)
+        except KeyboardInterrupt:  # before the engines started: nothing was measured
+            print("c10k load: interrupted before the run started; nothing written", file=sys.stderr)
+            return 128 + (stop.signum or signal.SIGINT)
+        return _report(result, args.out, quiet, live, stop.signum)
+
+
+def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int | None) -> int:
+    from c10k.load import write_results
+
     try:
-        summary_path, csv_path = write_results(result, args.out)
+        summary_path, csv_path = write_results(result, out)
     except OSError as exc:
-        raise C10kError(f"cannot write results to {args.out}: {exc.strerror or exc}") from None
+        raise C10kError(f"cannot write results to {out}: {exc.strerror or exc}") from None
     s = result.summary
     if live:
         _print_table(s)
@@ -136,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
               f"{s['connections']['requested']} connections in {s['elapsed_s']:.3f} s "
               f"({s['messages_per_s']:.0f} msg/s, connect {s['connect_s']:.3f} s); latency us "
               f"p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}; wrote {summary_path} and {csv_path}")
-    if s.get("interrupted"):
+    if s.get("interrupted") or signum is not None:
         print(f"c10k load: interrupted; wrote what was measured to {summary_path}", file=sys.stderr)
-        return 130
+        return 128 + (signum or signal.SIGINT)  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
     if not result.ok:
         errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "no reason recorded"
         print(f"c10k load: {s['connections']['failed']} of {s['connections']['requested']} connection(s) "
@@ -147,18 +146,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_bar(args: argparse.Namespace, plan: Any, options: dict[str, Any]) -> Any:
+def _run_with_bar(settings: LoadSettings, plan: LoadPlan) -> LoadResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from c10k.load import run_load
+    from c10k.load import run_settings
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                TextColumn("open {task.fields[open]}  errors {task.fields[failed]}"), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
-        connect = bar.add_task("connecting", total=args.connections, open=0, failed=0)
-        echo = bar.add_task("echoing", total=max(1, args.connections * args.count if not options["rate"]
-                                                 else int(options["rate"] * options["duration"])),
-                            open=0, failed=0, start=False)
+        connect = bar.add_task("connecting", total=settings.connections, open=0, failed=0)
+        echo = bar.add_task("echoing", total=max(1, settings.samples), open=0, failed=0, start=False)
 
         def update(p: Any) -> None:
             bar.update(connect, completed=p.established, open=p.open, failed=p.failed)
@@ -166,7 +163,7 @@ def _run_with_bar(args: argparse.Namespace, plan: Any, options: dict[str, Any]) 
                 bar.start_task(echo)
                 bar.update(echo, completed=p.echoed, open=p.open, failed=p.failed)
 
-        result = run_load(args.host, args.port, plan=plan, on_progress=update, **options)
+        result = run_settings(settings, plan=plan, on_progress=update)
         s = result.summary
         bar.update(connect, completed=s["connections"]["established"], open=0,
                    failed=s["connections"]["failed"])

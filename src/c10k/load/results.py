@@ -178,7 +178,9 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
             "requested": requested,
             "established": total["established"],
             "completed": completed,
-            "failed": requested - completed,
+            # one meaning everywhere: a connection that ended with an error (its row's
+            # error column is set); every requested connection is completed or failed
+            "failed": sum(errors.values()),
             "peak_open": total["peak_open"],
         },
         "messages": {"sent": total["sent"], "echoed": total["echoed"], "mismatched": total["mismatched"]},

@@ -1,0 +1,153 @@
+"""The open loop (wrk2-style): sends follow a fixed timetable, whatever the echoes do.
+
+Every round trip is measured from its scheduled send time, so a stalled server
+cannot hide behind the client waiting for it (coordinated omission). Messages
+are pipelined on each connection; echoes come back in order, so the m-th echo
+belongs to the m-th scheduled send. It starts after the barrier: every
+connection is open before the first send.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+
+from c10k.load.phase import Phase, ProgressCallback
+from c10k.load.ramp import ConnectRamp
+from c10k.load.table import CONNECTED, RUNNING, ConnectionTable, reason
+
+__all__ = ["OpenLoop"]
+
+
+class OpenLoop(Phase):
+    """``rate`` messages per second for ``duration`` seconds, round-robin over the connections."""
+
+    def __init__(self, table: ConnectionTable, ramp: ConnectRamp, on_progress: ProgressCallback | None,
+                 rate: float, duration: float) -> None:
+        super().__init__(table, ramp, on_progress)
+        self.rate = rate
+        self.duration = duration
+        self.progress_ns = [0] * table.size  # last echo, or the first outstanding send
+        self.bigbuf = bytearray(1 << 16)
+        self.bigview = memoryview(self.bigbuf)
+        self.sample_conn = array("i")
+        self.slot: dict[int, int] = {}  # fd -> its place in the round-robin
+        self.ne = 0  # connections in the round-robin
+        self.period_ns = 1e9 / rate
+        self.start_ns = 0
+        self.sends_done = False
+
+    def echoed_total(self) -> int:
+        return len(self.t.lat)
+
+    def scan_timeouts(self, now: int) -> None:
+        self.ramp.scan_timeouts(now)
+        t = self.t
+        prog, sent, echoed, conn, limit = self.progress_ns, t.sent, t.echoed, t.conn, t.timeout_ns
+        late = [fd for fd in t.running if sent[conn[fd]] > echoed[conn[fd]] and now - prog[fd] > limit]
+        for fd in late:
+            t.fail(fd, "timeout")
+
+    def _event(self, fd: int, ev: int) -> None:
+        if self.ready_to_read(fd, ev):
+            self._read(fd)
+
+    def _read(self, fd: int) -> None:
+        t = self.t
+        s = t.sock[fd]
+        assert s is not None
+        try:
+            n = s.recv_into(self.bigbuf)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            t.fail(fd, reason(exc))
+            return
+        if n == 0:
+            t.fail(fd, "closed_early")
+            return
+        now = time.monotonic_ns()
+        ml, msg, j = t.ml, t.msg, t.conn[fd]
+        if t.sent[j] > t.echoed[j] and now - self.progress_ns[fd] > t.timeout_ns:
+            t.late(fd, n)
+            return
+        got = t.partial.get(fd, 0)
+        data = bytes(self.bigview[:n])
+        if got:
+            data = bytes(t.pbuf[fd][:got]) + data
+        off = 0
+        m = int(t.echoed[j])
+        slot, ne, period, t0 = self.slot[fd], self.ne, self.period_ns, self.start_ns
+        sent = int(t.sent[j])
+        while off + ml <= len(data):
+            if m >= sent:
+                t.extra_rx += len(data) - off
+                t.fail(fd, "unexpected_data")
+                return
+            if data[off:off + ml] != msg:
+                t.echoed[j] = m
+                t.mismatch(fd)
+                return
+            t.lat.append(now - (t0 + int((m * ne + slot) * period)))
+            self.sample_conn.append(j)
+            m += 1
+            off += ml
+        t.echoed[j] = m
+        self.progress_ns[fd] = now
+        if m == sent and self.sends_done:
+            t.finish(fd)
+            return
+        rest = len(data) - off
+        if rest:
+            buf = t.pbuf.get(fd)
+            if buf is None:
+                buf = t.pbuf[fd] = bytearray(ml)
+            buf[:rest] = data[off:]
+            t.partial[fd] = rest
+        else:
+            t.partial.pop(fd, None)
+
+    def run(self) -> None:
+        t = self.t
+        # connections still open at the barrier (a descriptor closed early may be listed twice)
+        fds = [fd for fd in dict.fromkeys(t.established_fds) if t.state[fd] == CONNECTED]
+        self.ne = ne = len(fds)
+        self.slot = {fd: k for k, fd in enumerate(fds)}
+        total = int(round(self.rate * self.duration)) if ne else 0
+        period = self.period_ns
+        start = time.monotonic_ns()
+        self.start_ns = start
+        t.message_start_ns = start
+        for fd in fds:
+            t.state[fd] = RUNNING
+            t.running[fd] = t.conn[fd]
+            self.progress_ns[fd] = start
+        seq = 0
+        poll, msg, now = t.ep.poll, t.msg, time.monotonic_ns
+        sent, echoed, state, conn = t.sent, t.echoed, t.state, t.conn
+        event = self._event
+        while True:
+            clock = now()
+            while seq < total and start + int(seq * period) <= clock:
+                fd = fds[seq % ne]
+                seq += 1
+                if state[fd] != RUNNING:
+                    continue
+                j = conn[fd]
+                if sent[j] == echoed[j]:
+                    self.progress_ns[fd] = clock  # the clock for a timeout starts at the first outstanding send
+                sent[j] += 1
+                t.send(fd, msg)
+            if seq >= total:
+                if not self.sends_done:  # from now on each connection ends with its last echo
+                    self.sends_done = True
+                    for fd in [fd for fd, j in t.running.items() if sent[j] == echoed[j]]:
+                        t.finish(fd)
+                if not t.running:
+                    break
+                wait = 0.05
+            else:
+                wait = max(0.0, (start + int(seq * period) - now()) / 1e9)
+            for fd, ev in poll(min(wait, 0.05)):
+                event(fd, ev)
+            self.tick()

@@ -1,0 +1,100 @@
+"""What a load run is asked to do, validated once.
+
+``LoadSettings`` is the one object that travels from the command line (or a
+library caller) to the planner and to every load process: each number is
+checked here and nowhere else, so a mistake gets the same one-line message
+whichever door it came in by.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from c10k.errors import UsageError
+
+__all__ = ["DEFAULT_MESSAGE", "LoadSettings", "make_message"]
+
+#: 15 bytes, the length of the original study's message ("Gary's spamming").
+DEFAULT_MESSAGE = b"Gary's spamming"
+
+
+def make_message(size: int) -> bytes:
+    """A printable message of exactly ``size`` bytes."""
+    if size < 1:
+        raise UsageError("--size must be at least 1 byte")
+    pattern = b"0123456789abcdefghijklmnopqrstuvwxyz"
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+def _finite(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, not {value}")
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """One load run, checked on construction (``UsageError`` names the option at fault).
+
+    Attributes:
+        host, port: the echo server.
+        message: the bytes every connection sends and expects back.
+        count: messages per connection (closed loop).
+        connections: connections, all open at once unless ``barrier`` is False.
+        processes: load processes (None: the planner picks).
+        connect_rate: connects per second over all processes; 0 = as fast as possible.
+        timeout: seconds a connect or an echo may take before it counts as "timeout".
+        source_ips: source addresses to spread connections over.
+        barrier: establish every connection before the first message.
+        rate, duration: open loop: ``rate`` messages per second in total, for
+            ``duration`` seconds, each round trip timed from its scheduled send.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 7000
+    message: bytes = DEFAULT_MESSAGE
+    count: int = 100
+    connections: int = 1
+    processes: int | None = None
+    connect_rate: float = 0.0
+    timeout: float = 10.0
+    source_ips: tuple[str, ...] = field(default=())
+    barrier: bool = True
+    rate: float = 0.0
+    duration: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source_ips", tuple(self.source_ips))
+        if not self.message:
+            raise UsageError("-m/--message must not be empty")
+        if not 0 < self.port < 65536:
+            raise UsageError(f"--port must be 1..65535, not {self.port}")
+        if self.connections < 1:
+            raise UsageError(f"-c/--connections must be at least 1, not {self.connections}")
+        if self.count < 0:
+            raise UsageError(f"-n/--count must be 0 or more, not {self.count}")
+        if self.processes is not None:
+            if self.processes < 1:
+                raise UsageError(f"--processes must be at least 1, not {self.processes}")
+            if self.processes > self.connections:
+                raise UsageError(f"--processes {self.processes} is more than the {self.connections} connection(s)")
+        for name, value in (("--connect-rate", self.connect_rate), ("--timeout", self.timeout),
+                            ("--rate", self.rate), ("--duration", self.duration)):
+            _finite(name, value)
+        if self.connect_rate < 0:
+            raise UsageError("--connect-rate must not be negative")
+        if not self.timeout > 0:
+            raise UsageError("--timeout must be more than 0")
+        if self.rate < 0 or self.duration < 0:
+            raise UsageError("--rate and --duration must not be negative")
+        if (self.rate > 0) != (self.duration > 0):
+            raise UsageError("open loop needs both --rate and --duration")
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate > 0
+
+    @property
+    def samples(self) -> int:
+        """Round trips the run will keep: the memory the planner budgets for."""
+        return int(self.rate * self.duration) if self.open_loop else self.connections * self.count
