@@ -103,7 +103,7 @@ def test_planned_memory_is_within_2x_of_the_real_peak(serve, tmp_path, connectio
 
 def test_localhost_falls_back_to_ipv6_and_ipv6_is_bracketed():
     from c10k.load.plan import resolve
-    from c10k.netaddr import host_port
+    from c10k.text import host_port
 
     with socket.socket(socket.AF_INET6) as listener:
         listener.bind(("::1", 0))

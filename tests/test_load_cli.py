@@ -66,7 +66,7 @@ def test_plan_spreads_processes_and_sources() -> None:
     assert all(s.connections + 64 <= plan.nofile for s in plan.shares)
     assert sum(s.connections for s in plan.shares) == 100_000
     assert plan.sources[0] == "127.0.0.2" and len(plan.sources) >= 4
-    assert "100000 connection(s)" in plan.describe()
+    assert "100,000 connections to" in plan.describe()
     small = plan_load("localhost", 7000, 10, cpus=2)
     assert small.processes == 1 and small.sources == []
 
@@ -124,4 +124,53 @@ def test_prompts_when_no_arguments_on_a_terminal(monkeypatch: pytest.MonkeyPatch
 def test_unwritable_out_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["load", "-p", "9", "-q", "--out", "/proc/no-such-dir/out"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("c10k load: error: cannot create --out")
+    assert len(err) == 1 and err[0].startswith("c10k load: error: cannot write to --out")
+
+
+def test_an_existing_but_unwritable_out_is_found_before_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """/proc/self exists, so mkdir succeeds, but no file can be made in it (not even by root)."""
+    assert main(["load", "-p", "9", "-q", "--out", "/proc/self"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("c10k load: error: cannot write to --out /proc/self")
+
+
+def test_thresholds_and_rate_zero_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from c10k.load.thresholds import Thresholds, broken
+
+    summary = {"latency_us": {"p50": 900.0, "p99": 61_200.0}, "errors": {"timeout": 2}, "messages_per_s": 900.0}
+    assert broken(summary, Thresholds(max_p99_us=50_000)) == ["p99 61.2 ms > --max-p99 50.0 ms"]
+    assert broken(summary, Thresholds(max_p50_us=1000, max_errors=2, min_rate=500)) == []
+    assert broken(summary, Thresholds(max_errors=0, min_rate=1000)) == [
+        "2 errors > --max-errors 0", "900 messages/s < --min-rate 1,000"]
+    assert main(["load", "--rate", "0", "--duration", "1"]) == 2
+    assert "--rate must be more than 0" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_and_opens_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        assert main(["load", "-p", str(port), "-c", "5", "--dry-run"]) == 0
+        assert capsys.readouterr().out.startswith(f"plan: 5 connections to 127.0.0.1:{port} in 1 process ")
+        assert main(["load", "-p", str(port), "-c", "1", "--dry-run", "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert plan["connections"] == 1 and plan["processes"] == 1 and plan["sources"] == []
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+def test_json_prints_the_summary_and_thresholds_fail_the_run(serve, tmp_path) -> None:
+    server = serve("epoll", "--workers", "1")
+    port = str(server.address[1])
+    run = subprocess.run([sys.executable, "-m", "c10k", "load", "-p", port, "-c", "2", "-n", "3", "--json",
+                          "--out", str(tmp_path / "a"), "--max-errors", "0", "--max-p99", "60s"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == json.loads((tmp_path / "a" / "summary.json").read_text())
+    run = subprocess.run([sys.executable, "-m", "c10k", "load", "-p", port, "-c", "2", "-n", "3", "-q",
+                          "--out", str(tmp_path / "b"), "--max-p50", "0.001us"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.startswith("c10k load: threshold broken: p50 ") and "> --max-p50 0.0 µs" in run.stderr

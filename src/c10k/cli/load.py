@@ -50,7 +50,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start each connection's messages as soon as it connects")
     p.add_argument("--out", metavar="DIR", help=f"results directory (default {DEFAULTS['out']})")
     p.add_argument("-q", "--quiet", action="store_true", default=None, help="print nothing unless it fails")
+    p.add_argument("--json", action="store_true", default=None,
+                   help="print summary.json on stdout instead of the human summary (with --dry-run: the plan)")
+    p.add_argument("--dry-run", action="store_true", default=None,
+                   help="print the plan (processes, source addresses, memory, kernel limits) and open nothing")
+    p.add_argument("--tune", action="store_true", default=None,
+                   help="raise kernel limits that would stop the run (conntrack, file-max, tcp_mem, "
+                        "somaxconn) before it starts, printing each change; root only, nothing is restored")
+    g = p.add_argument_group("thresholds", "exit 1, naming the threshold, when the run breaks one (for CI)")
+    g.add_argument("--max-p50", type=_latency_us, metavar="TIME", help="e.g. 5ms, 800us (a bare number is ms)")
+    g.add_argument("--max-p99", type=_latency_us, metavar="TIME", help="e.g. 50ms, 1s (a bare number is ms)")
+    g.add_argument("--max-errors", type=_count, metavar="N", help="most errors allowed (e.g. 0)")
+    g.add_argument("--min-rate", type=_rate, metavar="MSG_PER_S", help="fewest messages/s allowed")
     p.set_defaults(run=run)
+
+
+def _latency_us(text: str) -> float:
+    from c10k.text import parse_seconds
+
+    try:
+        return parse_seconds(text, default_unit="ms") * 1e6
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count (0 or more): {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"not a rate (a number of messages/s above 0): {text!r}")
+    return value
 
 
 def _ask(args: argparse.Namespace) -> None:
@@ -74,8 +117,12 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
 
     if all(getattr(args, k) is None for k in ("host", "port", "message", "size", "count", "connections",
                                                 "processes", "connect_rate", "timeout", "source_ip", "rate",
-                                                "duration", "barrier", "out", "quiet")) and sys.stdin.isatty():
+                                                "duration", "barrier", "out", "quiet", "json", "dry_run", "tune",
+                                                "max_p50", "max_p99", "max_errors", "min_rate")) \
+            and sys.stdin.isatty():
         _ask(args)
+    if args.rate is not None and args.rate == 0:
+        raise UsageError("--rate must be more than 0 messages/s (leave it out for a closed loop)")
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -91,7 +138,26 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
     return LoadSettings(
         host=args.host, port=args.port, message=message, count=args.count, connections=args.connections,
         processes=args.processes, connect_rate=args.connect_rate, timeout=args.timeout, source_ips=tuple(sources),
-        barrier=args.barrier is not False, rate=args.rate, duration=args.duration)
+        barrier=args.barrier is not False, rate=args.rate, duration=args.duration, tune=bool(args.tune))
+
+
+def _thresholds(args: argparse.Namespace) -> Any:
+    from c10k.load.thresholds import Thresholds
+
+    return Thresholds(max_p50_us=args.max_p50, max_p99_us=args.max_p99, max_errors=args.max_errors,
+                      min_rate=args.min_rate)
+
+
+def _check_writable(out: str) -> None:
+    """An --out that cannot be written is found before the run, not after it."""
+    import tempfile
+
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".c10k-write-test-"):
+            pass
+    except OSError as exc:
+        raise C10kError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,13 +165,21 @@ def run(args: argparse.Namespace) -> int:
     from c10k.load.supervisor import stop_signals
 
     settings = _settings(args)
-    quiet = bool(args.quiet)
+    thresholds = _thresholds(args)
+    as_json = bool(args.json)
+    quiet = bool(args.quiet) or as_json
     live = not quiet and sys.stdout.isatty()
     plan = plan_for(settings)
-    try:  # before the run, so that a long run cannot end in "cannot write"
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise C10kError(f"cannot create --out {args.out}: {exc.strerror or exc}") from None
+    if args.dry_run:
+        if as_json:
+            import json
+
+            print(json.dumps({"host": settings.host, "port": settings.port, "connections": settings.connections,
+                              **plan.as_dict()}, indent=1))
+        else:
+            print(plan.describe())
+        return 0
+    _check_writable(args.out)  # before the run, so that a long run cannot end in "cannot write"
     if not quiet:
         print(plan.describe(), flush=True)
     # SIGTERM stops the run as Ctrl-C does, and neither may cut the writing of the results short.
@@ -115,33 +189,45 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # before the engines started: nothing was measured
             print("c10k load: interrupted before the run started; nothing written", file=sys.stderr)
             return 128 + (stop.signum or signal.SIGINT)
-        return _report(result, args.out, quiet, live, stop.signum)
+        return _report(result, args.out, quiet, live, stop.signum, thresholds, as_json)
 
 
-def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int | None) -> int:
+def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int | None, thresholds: Any,
+            as_json: bool) -> int:
     from c10k.load import write_results
+    from c10k.load.thresholds import broken
+    from c10k.text import latency_words, plural
 
     try:
         summary_path, csv_path = write_results(result, out)
     except OSError as exc:
         raise C10kError(f"cannot write results to {out}: {exc.strerror or exc}") from None
     s = result.summary
-    if live:
+    if as_json:
+        import json
+
+        print(json.dumps(s, indent=1))
+    elif live:
         _print_table(s)
         print(f"wrote {summary_path} and {csv_path}")
     elif not quiet:
         lat = s["latency_us"]
-        print(f"{s['messages']['echoed']} echoed on {s['connections']['completed']}/"
-              f"{s['connections']['requested']} connections in {s['elapsed_s']:.3f} s "
-              f"({s['messages_per_s']:.0f} msg/s, connect {s['connect_s']:.3f} s); latency us "
-              f"p50 {lat['p50']} p99 {lat['p99']} max {lat['max']}; wrote {summary_path} and {csv_path}")
+        print(f"{s['messages']['echoed']:,} echoed on {s['connections']['completed']:,}/"
+              f"{plural(s['connections']['requested'], 'connection')} in {s['elapsed_s']:.3f} s "
+              f"({s['messages_per_s']:,.0f} msg/s, connect {s['connect_s']:.3f} s); latency "
+              f"p50 {latency_words(lat['p50'])} p99 {latency_words(lat['p99'])} max {latency_words(lat['max'])}; "
+              f"wrote {summary_path} and {csv_path}")
     if s.get("interrupted") or signum is not None:
         print(f"c10k load: interrupted; wrote what was measured to {summary_path}", file=sys.stderr)
         return 128 + (signum or signal.SIGINT)  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
     if not result.ok:
         errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "no reason recorded"
-        print(f"c10k load: {s['connections']['failed']} of {s['connections']['requested']} connection(s) "
-              f"failed, {s['messages']['mismatched']} mismatched: {errors}", file=sys.stderr)
+        print(f"c10k load: {s['connections']['failed']:,} of {plural(s['connections']['requested'], 'connection')} "
+              f"failed, {s['messages']['mismatched']:,} mismatched: {errors}", file=sys.stderr)
+        return 1
+    failed = broken(s, thresholds) if thresholds else []
+    if failed:
+        print(f"c10k load: threshold broken: {'; '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -176,7 +262,9 @@ def _print_table(s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"c10k load -> {s['host']}:{s['port']}", show_header=False)
+    from c10k.text import host_port, latency_words
+
+    t = Table(title=f"c10k load -> {host_port(s['host'], s['port'])}", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
     c, m, lat = s["connections"], s["messages"], s["latency_us"]
@@ -186,6 +274,6 @@ def _print_table(s: dict[str, Any]) -> None:
     t.add_row("connect phase", f"{s['connect_s']:.3f} s")
     t.add_row("message phase", f"{s['elapsed_s']:.3f} s, {s['messages_per_s']:.0f} msg/s")
     for k in ("min", "mean", "p50", "p90", "p99", "p999", "max"):
-        t.add_row(f"latency {k}", "-" if lat[k] is None else f"{lat[k]:.1f} us")
+        t.add_row(f"latency {k}", latency_words(lat[k]))
     t.add_row("errors", ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "none")
     Console().print(t)

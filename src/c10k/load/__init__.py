@@ -50,7 +50,8 @@ __all__ = [
 def plan_for(settings: LoadSettings) -> LoadPlan:
     """``plan_load`` for these settings."""
     return plan_load(settings.host, settings.port, settings.connections, processes=settings.processes,
-                     source_ips=settings.source_ips, samples=settings.samples)
+                     source_ips=settings.source_ips, samples=settings.samples,
+                     message_size=len(settings.message), tune=settings.tune)
 
 
 def run_load(host: str = "127.0.0.1", port: int = 7000, *, plan: LoadPlan | None = None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from c10k import capacity, limits
 from c10k.errors import C10kError, UsageError
 from c10k.limits import ephemeral_ports, memory_available_bytes, raise_nofile, somaxconn
-from c10k.netaddr import host_port
+from c10k.text import host_port, plural
 
 __all__ = ["LoadPlan", "ProcessShare", "plan_load", "resolve", "plan_source_addresses"]
 
@@ -54,8 +54,9 @@ class LoadPlan:
         if self.sources:
             src = (f"source {self.sources[0]}" if len(self.sources) == 1
                    else f"{len(self.sources)} source addresses {self.sources[0]}..{self.sources[-1]}")
-        text = (f"plan: {self.connections} connection(s) to {host_port(self.address[0], self.port)} in "
-                f"{self.processes} process(es) (<= {per} each, RLIMIT_NOFILE {self.nofile}), {src}, "
+        text = (f"plan: {plural(self.connections, 'connection')} to {host_port(self.address[0], self.port)} "
+                f"in {plural(self.processes, 'process', 'processes')} (<= {per:,} each, RLIMIT_NOFILE "
+                f"{self.nofile:,}), {src}, "
                 f"~{self.memory_bytes / 2**20:.0f} MiB of {self.memory_available / 2**20:.0f} MiB available")
         return "; ".join([text, *self.notes])
 
@@ -186,22 +187,18 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
         tune: raise kernel limits that would stop the run (root only); each
             change is listed in the plan's notes.
 
+    The numbers are taken as checked (``LoadSettings`` checks each once).
+
     Raises:
-        UsageError: the host does not resolve, or the numbers make no sense.
+        UsageError: the host does not resolve.
         C10kError: the machine cannot do it (descriptors, ports or memory).
     """
-    if connections < 1:
-        raise UsageError("connections must be at least 1")
     family, address = resolve(host, port)
     nofile = raise_nofile()
     needed = capacity.processes_needed(connections, nofile)
     cpus = cpus or limits.cpus()
     if processes is None:
         processes = capacity.load_processes(connections, nofile, cpus)
-    elif processes < 1:
-        raise UsageError("--processes must be at least 1")
-    elif processes > connections:
-        raise UsageError(f"--processes {processes} is more than the {connections} connection(s)")
     elif math.ceil(connections / processes) > capacity.connections_per_process(nofile):
         raise C10kError(
             f"{math.ceil(connections / processes)} connections per process exceed RLIMIT_NOFILE {nofile}; "

@@ -48,6 +48,7 @@ class LoadSettings:
         barrier: establish every connection before the first message.
         rate, duration: open loop: ``rate`` messages per second in total, for
             ``duration`` seconds, each round trip timed from its scheduled send.
+        tune: raise kernel limits that would stop the run, before it starts (root).
     """
 
     host: str = "127.0.0.1"
@@ -62,6 +63,7 @@ class LoadSettings:
     barrier: bool = True
     rate: float = 0.0
     duration: float = 0.0
+    tune: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_ips", tuple(self.source_ips))

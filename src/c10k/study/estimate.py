@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from c10k import capacity, limits
 from c10k.study.cases import Case
+from c10k.text import duration_words
 
 __all__ = ["estimate_case_s", "estimate_s", "duration_words"]
 
@@ -53,11 +54,3 @@ def estimate_case_s(case: Case) -> float:
 def estimate_s(cases: Sequence[Case]) -> float:
     """Seconds a list of cases is expected to take."""
     return sum(estimate_case_s(c) for c in cases)
-
-
-def duration_words(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``1 h 5 min``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
