@@ -21,8 +21,10 @@ def previous_study(out: Path) -> None:
 
 
 def test_absent_or_empty_folders_are_used(tmp_path):
-    prepare_out_dir(tmp_path / "new", force=False)
-    prepare_out_dir(tmp_path, force=False)
+    (tmp_path / "empty").mkdir()
+    prepare_out_dir(tmp_path / "empty", force=False)
+    prepare_out_dir(tmp_path / "new" / "deeper", force=False)
+    assert (tmp_path / "new" / "deeper").is_dir()
 
 
 def test_a_previous_study_is_refused_without_force(tmp_path):
@@ -88,3 +90,10 @@ def test_list_prints_every_case_and_the_estimated_duration():
     assert lines[0].endswith(f"~{duration_words(estimate_case_s(matrix.cases[0]))}")
     assert " 1 connection " in out.stdout  # not "1 connections"
     assert estimate_s(matrix.cases) < estimate_s(load_matrix("seed").cases)
+
+
+def test_an_unwritable_out_is_found_before_any_case_runs():
+    out = study("--matrix", "quick", "--out", "/proc/self/c10k-results")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "c10k study: error: cannot write to --out /proc/self/c10k-results: No such file or directory"]

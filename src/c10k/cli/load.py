@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -131,7 +132,7 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
     if args.size is not None:
         message = make_message(args.size)
     elif args.message is not None:
-        message = args.message.encode()
+        message = os.fsencode(args.message)  # the bytes typed, even when they are not UTF-8
     else:
         message = DEFAULT_MESSAGE
     sources = [ip.strip() for item in (args.source_ip or []) for ip in item.split(",") if ip.strip()]
