@@ -32,10 +32,9 @@ import socket
 import time
 from collections.abc import Callable
 
+from c10k.limits import nofile_limits
 from c10k.servers.base import (
-    DESCRIPTOR_LIMIT_WHY,
     DescriptorReserve,
-    RefusalLog,
     ServerConfig,
     ShutdownSignal,
     Stats,
@@ -43,6 +42,7 @@ from c10k.servers.base import (
     stop_deadline,
 )
 from c10k.servers.echo import EchoBuffer
+from c10k.servers.refusals import Refusals
 
 __all__ = ["Reactor", "Poller", "EpollPoller", "PollPoller", "SelectPoller"]
 
@@ -222,25 +222,17 @@ class Reactor:
         self.now = time.monotonic()
         self.stopping = False
         self.deadline = float("inf")  # set when stopping: close what is left then
-        self.refusals = RefusalLog()
+        self.refusals = Refusals(stats.refused, config.max_connections, nofile_limits()[0])
         for fd in (listener.fileno() if listener else None, wake_fd, self.inbox_fd):
             if fd is not None:
                 poller.add_control(fd)
-        self.reserve = DescriptorReserve()  # for EMFILE on accept, see base.py
+        self.reserve = DescriptorReserve(self.refusals)  # for EMFILE on accept, see base.py
 
     # -- admission ------------------------------------------------------------
 
-    def admit(self, fd: int) -> str | None:
-        """Why a new connection must be closed at once, or None to serve it."""
-        limit = self.config.max_connections
-        if limit and len(self.conns) >= limit:
-            return "max_connections"
-        return None
-
-    def explain(self, reason: str, fd: int) -> str:
-        if reason == "max_connections":
-            return f"--max-connections {self.config.max_connections} reached"
-        return reason
+    def admit(self, fd: int) -> bool:
+        """Whether to serve a new connection; if not, the refusal is counted (the caller closes it)."""
+        return not self.refusals.full(len(self.conns))
 
     def add(self, fd: int) -> None:
         """Serve an accepted, non-blocking descriptor."""
@@ -253,24 +245,20 @@ class Reactor:
 
     def _accept(self) -> None:
         assert self.listener is not None
-        for fd in accept_ready(self.listener, self.reserve, self._count_shed):
-            reason = self.admit(fd)
-            if reason is not None:
+        for fd in accept_ready(self.listener, self.reserve):
+            if not self.admit(fd):
                 os.close(fd)
-                self.stats.refused[reason] += 1
-                self.refusals.note(reason, self.explain(reason, fd), self.now)
                 continue
             os.set_blocking(fd, False)
             self.add(fd)
 
-    def _count_shed(self) -> None:
-        self.stats.refused["descriptor_limit"] += 1
-        self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, self.now)
-
     # -- the loop -------------------------------------------------------------
 
-    def run(self) -> None:
-        """Serve until asked to stop, then stop gracefully (see ``_begin_stop``)."""
+    def run(self, turns: int = -1) -> None:
+        """Serve until asked to stop, then stop gracefully (see ``_begin_stop``).
+
+        ``turns``: return after this many polls, still serving (tests step the loop).
+        """
         conns = self.conns
         poll = self.poller.poll
         read = os.read
@@ -279,7 +267,8 @@ class Reactor:
         stats = self.stats
         idle = self.config.idle_timeout
         next_tick = self.now + 1.0
-        while True:
+        while turns:
+            turns -= 1
             timeout = min(next_tick, self.deadline) - self.now
             events = poll(timeout if timeout > 0 else 0)
             now = self.now = time.monotonic()
@@ -335,6 +324,8 @@ class Reactor:
                 self._begin_stop(stop_deadline(self.config.shutdown_timeout, now))
                 if not conns:
                     break
+        else:
+            return  # the turns asked for are done
         self._finish()
 
     # -- slow paths -----------------------------------------------------------
