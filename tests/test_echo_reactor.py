@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from c10k.servers.base import ServerConfig, Stats
 from c10k.servers.echo import EchoBuffer
-from c10k.servers.reactor import EpollPoller, PollPoller, Reactor, SelectPoller
+from c10k.servers.pollers import EpollPoller, PollPoller, SelectPoller
+from c10k.servers.reactor import Reactor
 
 HIGH, LOW = 64 * 1024, 16 * 1024
 POLLERS = {"epoll": EpollPoller, "poll": PollPoller, "select": SelectPoller}
@@ -116,6 +117,16 @@ def drain_socket(sock: socket.socket) -> bytes:
     finally:
         sock.settimeout(10)
     return bytes(got)
+
+
+def read_available(sock: socket.socket, into: bytearray) -> bool:
+    """Read what one recv gives without waiting; True at EOF."""
+    try:
+        chunk = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    into.extend(chunk)
+    return not chunk
 
 
 class Inbox:
@@ -225,14 +236,7 @@ def test_client_eof_while_owed_gets_every_byte_then_eof(reactor):
                     pass
                 if not view:
                     client.shutdown(socket.SHUT_WR)
-            try:
-                chunk = client.recv(1 << 20)
-                if chunk:
-                    got.extend(chunk)
-                else:
-                    eof = True
-            except BlockingIOError:
-                pass
+            eof = eof or read_available(client, got)
             return eof
 
         pump(reactor, done, "all echoed, then EOF", turns=5000)
@@ -280,14 +284,7 @@ def test_stop_sends_what_is_owed_then_eof_then_drains_until_the_clients_eof(reac
 
         def echoed_then_eof() -> bool:
             nonlocal eof
-            try:
-                chunk = client.recv(1 << 20, socket.MSG_DONTWAIT)
-                if chunk:
-                    got.extend(chunk)
-                else:
-                    eof = True
-            except BlockingIOError:
-                pass
+            eof = eof or read_available(client, got)
             return eof
 
         pump(reactor, echoed_then_eof, "owed echoes, then EOF", turns=5000)

@@ -83,7 +83,7 @@ def test_a_second_reuseport_server_on_a_served_port_is_refused(serve):
     """Two `c10k serve epoll --balance reuseport` on one port: the second exits 1 naming the
     address, and the first goes on serving alone."""
     first = serve.config("epoll-reuseport")
-    assert_port_in_use(run_serve(*SERVER_CONFIGS["epoll-reuseport"], "-p", str(first.port)), first.port)
+    assert_port_in_use(run_serve(*SERVER_CONFIGS["epoll-reuseport"], "-p", str(first.port), timeout=20), first.port)
     for _ in range(20):  # the kernel would spread these over both groups' listeners
         assert echo_once(first.address, b"still mine") == b"still mine"
     assert first.stop() == 0

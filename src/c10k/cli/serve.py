@@ -75,7 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("architecture", metavar="ARCH", choices=list(ARCHITECTURES),
                    help="one of: " + ", ".join(ARCHITECTURES))
     p.add_argument("--host", default=DEFAULTS.host, help="address to listen on (default: %(default)s)")
-    p.add_argument("-p", "--port", type=_port, default=DEFAULTS.port, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("-p", "--port", type=_port, default=DEFAULTS.port,
+                   help="port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--backlog", type=_positive, default=DEFAULTS.backlog, help="listen backlog (default: %(default)s)")
     p.add_argument("--max-connections", type=_count, default=DEFAULTS.max_connections, metavar="M",
                    help="close connections beyond M at once (default: no limit)")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from c10k.limits import FD_SETSIZE
 from c10k.servers.base import Server, ShutdownSignal, announce, open_listener
-from c10k.servers.reactor import Poller, PollPoller, Reactor, SelectPoller
+from c10k.servers.pollers import Poller, PollPoller, SelectPoller
+from c10k.servers.reactor import Reactor
 from c10k.servers.refusals import Refusal
 
 __all__ = ["SelectServer", "PollServer", "SingleReactorServer"]

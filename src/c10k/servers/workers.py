@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from c10k.servers.base import ServerConfig, ShutdownSignal, Stats, log, stop_deadline
-from c10k.servers.reactor import Conn, EpollPoller, Reactor
+from c10k.servers.pollers import EpollPoller
+from c10k.servers.reactor import Conn, Reactor
 from c10k.servers.refusals import Refusal
 
 __all__ = ["Slots", "WorkerSpec", "Worker", "WorkerPool", "ProcessPool", "ThreadPool", "SharedCount"]
