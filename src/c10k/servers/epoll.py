@@ -46,7 +46,16 @@ from c10k.servers.base import (
     open_listener,
 )
 from c10k.servers.refusals import Refusal, Refusals
-from c10k.servers.workers import FDS, SCM_MAX_FD, ProcessPool, SharedCount, ThreadPool, Worker, WorkerPool
+from c10k.servers.workers import (
+    FDS,
+    SCM_MAX_FD,
+    Closable,
+    ProcessPool,
+    SharedCount,
+    ThreadPool,
+    Worker,
+    WorkerPool,
+)
 
 __all__ = ["HandoffServer", "ReuseportServer", "epoll_server", "connections_per_worker"]
 
@@ -91,8 +100,7 @@ class EpollPoolServer(Server):
         ep.register(shutdown.wake_fd, select.EPOLLIN)
         listener = self.open()
         address = listener.getsockname()
-        pool = self.start(listener, ep)
-        pool.inherited.append(shutdown)
+        pool = self.start(listener, ep, inherited=[ep, shutdown])
         # SIGCHLD wakes the loop through the wakeup fd, so a dead worker is
         # replaced at once even if its end of the pair lingers.
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -125,8 +133,8 @@ class EpollPoolServer(Server):
     def open(self) -> socket.socket:
         raise NotImplementedError
 
-    def start(self, listener: socket.socket, ep: select.epoll) -> WorkerPool:
-        """Start the first workers; the pool they are in."""
+    def start(self, listener: socket.socket, ep: select.epoll, inherited: list[Closable]) -> WorkerPool:
+        """Start the first workers; the pool they are in. A forked worker closes ``inherited`` first."""
         raise NotImplementedError
 
     def on_ready(self, fd: int) -> None:
@@ -156,10 +164,10 @@ class HandoffServer(EpollPoolServer):
         self.listener = open_listener(self.config)
         return self.listener
 
-    def start(self, listener: socket.socket, ep: select.epoll) -> WorkerPool:
+    def start(self, listener: socket.socket, ep: select.epoll, inherited: list[Closable]) -> WorkerPool:
         ep.register(listener.fileno(), select.EPOLLIN)
-        self.pool = (ThreadPool if self.threads else ProcessPool)(self.config, ep)
-        self.pool.inherited += [listener, self.reserve]
+        pool_class = ThreadPool if self.threads else ProcessPool
+        self.pool = pool_class(self.config, ep, inherited=[*inherited, listener, self.reserve])
         for _ in range(self.config.workers):
             self.pool.spawn()
         return self.pool
@@ -259,8 +267,8 @@ class ReuseportServer(EpollPoolServer):
     def _join(self) -> socket.socket:
         return open_listener(self.config, join_port=self.port)
 
-    def start(self, listener: socket.socket, ep: select.epoll) -> WorkerPool:
-        pool = ProcessPool(self.config, ep, live=self.live, new_listener=self._join)
+    def start(self, listener: socket.socket, ep: select.epoll, inherited: list[Closable]) -> WorkerPool:
+        pool = ProcessPool(self.config, ep, inherited, live=self.live, new_listener=self._join)
         pool.spawn(listener)
         for _ in range(self.config.workers - 1):
             pool.spawn()

@@ -34,7 +34,7 @@ from c10k.servers.pollers import EpollPoller
 from c10k.servers.reactor import Conn, Reactor
 from c10k.servers.refusals import Refusal
 
-__all__ = ["Slots", "WorkerSpec", "Worker", "WorkerPool", "ProcessPool", "ThreadPool", "SharedCount"]
+__all__ = ["Slots", "WorkerSpec", "Worker", "WorkerPool", "ProcessPool", "ThreadPool", "SharedCount", "Closable"]
 
 SCM_MAX_FD = 253
 STOP = b"S"
@@ -192,6 +192,7 @@ class WorkerPool:
         config: the server's configuration, passed on to each worker.
         ep: the parent's epoll; each worker's channel is registered in it and
             the parent calls ``on_event`` when one is readable.
+        inherited: the parent's own descriptors, which a forked worker closes first.
         live: reuseport's server-wide connection count, or None.
         new_listener: reuseport: a fresh listener of the group for a worker.
     """
@@ -199,8 +200,8 @@ class WorkerPool:
     #: the workers share the parent's descriptor table (threads)
     shares_descriptors = False
 
-    def __init__(self, config: ServerConfig, ep: select.epoll, live: SharedCount | None = None,
-                 new_listener: Callable[[], socket.socket] | None = None) -> None:
+    def __init__(self, config: ServerConfig, ep: select.epoll, inherited: list[Closable],
+                 live: SharedCount | None = None, new_listener: Callable[[], socket.socket] | None = None) -> None:
         self.config = config
         self.ep = ep
         self.live = live
@@ -211,8 +212,7 @@ class WorkerPool:
         self.started = 0
         self.died = 0
         self.stopping = False
-        #: the parent's own descriptors, which a forked worker closes first
-        self.inherited: list[Closable] = [ep]
+        self.inherited = inherited
 
     def spawn(self, listener: socket.socket | None = None) -> Worker | None:
         """Start one worker; None when this server has started all it may."""
