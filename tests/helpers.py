@@ -61,7 +61,7 @@ SERVER_CONFIGS: dict[str, list[str]] = {
     "select": ["select"],
     "poll": ["poll"],
     "epoll": ["epoll", "--workers", "2"],
-    "epoll-thread": ["epoll", "--worker-mode", "thread", "--workers", "2"],
+    "epoll-threads": ["epoll", "--worker-mode", "thread", "--workers", "2"],
     "epoll-reuseport": ["epoll", "--balance", "reuseport", "--workers", "2"],
     "asyncio": ["asyncio"],
     "uvloop": ["uvloop"],

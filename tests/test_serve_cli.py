@@ -45,6 +45,16 @@ def test_option_value_not_a_number(option):
     assert_usage_error(run_serve("epoll", "-p", "0", option, "lots"), option.lstrip("-").split("-")[0])
 
 
+def assert_port_in_use(result: subprocess.CompletedProcess, port: int) -> None:
+    """Exit 1 with one line that names the address; no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"want one line, got {result.stderr!r}"
+    assert f"127.0.0.1:{port}" in lines[0]
+
+
 @pytest.mark.parametrize("config", CONFIG_IDS)
 def test_port_in_use(config):
     """Port in use: exit 1 with one line that names the address; no traceback."""
@@ -52,13 +62,32 @@ def test_port_in_use(config):
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         port = holder.getsockname()[1]
-        result = run_serve(*SERVER_CONFIGS[config], "-p", str(port))
-    assert result.returncode == 1, (result.returncode, result.stderr)
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"want one line, got {result.stderr!r}"
-    assert f"127.0.0.1:{port}" in lines[0]
+        assert_port_in_use(run_serve(*SERVER_CONFIGS[config], "-p", str(port)), port)
+
+
+@pytest.mark.parametrize("config", CONFIG_IDS)
+def test_port_held_by_a_reuseport_listener_is_in_use(config):
+    """A port someone listens on with SO_REUSEPORT (as a running `--balance reuseport` server
+    does) is in use too, whatever our balance mode: joining that group would silently take
+    half of its traffic (issue 8, defect 3)."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        assert_port_in_use(run_serve(*SERVER_CONFIGS[config], "-p", str(port)), port)
+
+
+def test_a_second_reuseport_server_on_a_served_port_is_refused(serve):
+    """Two `c10k serve epoll --balance reuseport` on one port: the second exits 1 naming the
+    address, and the first goes on serving alone."""
+    first = serve.config("epoll-reuseport")
+    assert_port_in_use(run_serve(*SERVER_CONFIGS["epoll-reuseport"], "-p", str(first.port), timeout=20), first.port)
+    for _ in range(20):  # the kernel would spread these over both groups' listeners
+        assert echo_once(first.address, b"still mine") == b"still mine"
+    assert first.stop() == 0
+    assert first.stats()["accepted"] == 20
 
 
 @pytest.mark.parametrize("config", CONFIG_IDS)

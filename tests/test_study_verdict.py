@@ -21,7 +21,7 @@ def test_all_echoes_back_and_a_clean_stop_passes():
 
 
 def test_select_refusals_name_fd_setsize_and_count():
-    ev = Evidence(connections=2000, load_status=1, summary=clean_summary(2000, reset=977),
+    ev = Evidence(connections=2000, load_status=1, summary=clean_summary(2000, ECONNRESET=977),
                   stats={"accepted": 2000, "refused": {"fd_setsize": 977}})
     status, reason = decide(ev)
     assert status == "failed"
@@ -32,7 +32,7 @@ def test_select_refusals_name_fd_setsize_and_count():
 
 
 def test_descriptor_limit_from_the_stats_file():
-    ev = Evidence(connections=30000, nofile=20000, load_status=1, summary=clean_summary(30000, reset=10010),
+    ev = Evidence(connections=30000, nofile=20000, load_status=1, summary=clean_summary(30000, ECONNRESET=10010),
                   stats={"refused": {"descriptor_limit": 10010}})
     status, reason = decide(ev)
     assert status == "failed"
@@ -48,14 +48,14 @@ def test_descriptor_limit_seen_only_by_the_sampler():
 
 
 def test_threads_that_cannot_start_are_named_from_stderr():
-    ev = Evidence(connections=35000, load_status=1, summary=clean_summary(35000, reset=3000),
+    ev = Evidence(connections=35000, load_status=1, summary=clean_summary(35000, ECONNRESET=3000),
                   stderr_tail=["Traceback (most recent call last):", "RuntimeError: can't start new thread"])
     assert decide(ev)[1].startswith("threads could not start")
 
 
 def test_server_that_dies_during_the_load():
     ev = Evidence(connections=10, exit_status=1, exited_early=True, load_status=1,
-                  summary=clean_summary(10, reset=10),
+                  summary=clean_summary(10, ECONNRESET=10),
                   stderr_tail=["Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: boom"])
     status, reason = decide(ev)
     assert status == "failed"
@@ -110,7 +110,7 @@ def test_missing_connections_fail():
 
 
 def test_several_refusal_kinds_are_all_reported():
-    ev = Evidence(connections=100, load_status=1, summary=clean_summary(100, reset=30),
+    ev = Evidence(connections=100, load_status=1, summary=clean_summary(100, ECONNRESET=30),
                   stats={"refused": {"thread_start": 10, "max_connections": 20}})
     reason = decide(ev)[1]
     assert "threads could not start: 10 of 100 connections refused" in reason
@@ -146,3 +146,18 @@ def test_a_server_that_never_held_every_connection_at_once_is_said_so():
     assert "the server held at most 216 of the 500 connections at once" in reason
     ev.stats = {"accepted": 500, "peak_concurrent": 500}
     assert decide(ev) == ("passed", PASSED_RESULT)
+
+
+def test_every_refusal_reason_is_named_in_the_servers_words():
+    from c10k.servers.refusals import Refusal
+
+    for reason in Refusal:
+        ev = Evidence(connections=10, nofile=512, load_status=1, summary=clean_summary(10, ECONNRESET=3),
+                      stats={"refused": {reason.value: 3}})
+        assert decide(ev)[1].startswith(f"{reason.explain(512)}: 3 of 10 connections refused (client: 3 reset)")
+
+
+def test_the_load_clients_reset_key_reads_as_reset():
+    """The load client writes errno names (ECONNRESET), not "reset"."""
+    ev = Evidence(connections=10, load_status=1, summary=clean_summary(10, ECONNRESET=4))
+    assert "(client: 4 reset)" in decide(ev)[1]

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from c10k.errors import UsageError
 from c10k.limits import raise_nofile
 from c10k.servers import ARCHITECTURES, ServerConfig, make_server
-from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
+
+#: the one home of the defaults is ServerConfig; the options show them
+DEFAULTS = ServerConfig()
 
 EPILOG = """\
 Prints "listening on HOST:PORT" once it accepts connections. SIGTERM or SIGINT
@@ -72,32 +74,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("architecture", metavar="ARCH", choices=list(ARCHITECTURES),
                    help="one of: " + ", ".join(ARCHITECTURES))
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument("-p", "--port", type=_port, default=7000, help="port; 0 picks a free one (default: %(default)s)")
-    p.add_argument("--backlog", type=_positive, default=4096, help="listen backlog (default: %(default)s)")
-    p.add_argument("--max-connections", type=_count, default=0, metavar="M",
+    p.add_argument("--host", default=DEFAULTS.host, help="address to listen on (default: %(default)s)")
+    p.add_argument("-p", "--port", type=_port, default=DEFAULTS.port,
+                   help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--backlog", type=_positive, default=DEFAULTS.backlog, help="listen backlog (default: %(default)s)")
+    p.add_argument("--max-connections", type=_count, default=DEFAULTS.max_connections, metavar="M",
                    help="close connections beyond M at once (default: no limit)")
-    p.add_argument("--idle-timeout", type=_seconds, default=0.0, metavar="S",
+    p.add_argument("--idle-timeout", type=_seconds, default=DEFAULTS.idle_timeout, metavar="S",
                    help="close a connection with no traffic for S seconds (default: never)")
-    p.add_argument("--shutdown-timeout", type=_seconds, default=5.0, metavar="S",
+    p.add_argument("--shutdown-timeout", type=_seconds, default=DEFAULTS.shutdown_timeout, metavar="S",
                    help="after SIGTERM, exit within S seconds (default: %(default)s)")
     p.add_argument("--stats-file", metavar="FILE", help="write JSON statistics here at exit")
-    p.add_argument("--high-watermark", type=_positive, default=DEFAULT_HIGH_WATERMARK, metavar="BYTES",
+    p.add_argument("--high-watermark", type=_positive, default=DEFAULTS.high_watermark, metavar="BYTES",
                    help="stop reading a connection owed this many bytes (default: %(default)s)")
-    p.add_argument("--low-watermark", type=_count, default=DEFAULT_LOW_WATERMARK, metavar="BYTES",
+    p.add_argument("--low-watermark", type=_count, default=DEFAULTS.low_watermark, metavar="BYTES",
                    help="read it again once owed no more than this (default: %(default)s)")
     epoll = p.add_argument_group("epoll")
     epoll.add_argument("--workers", type=_positive, default=None, metavar="N",
                        help="worker event loops (default: the number of CPUs)")
-    epoll.add_argument("--max-workers", type=_positive, default=None, metavar="N",
-                       help="workers the acceptor may grow to when all near their descriptor limit (default: 64)")
-    epoll.add_argument("--worker-mode", choices=("process", "thread"), default="process",
+    epoll.add_argument("--max-workers", type=_positive, default=DEFAULTS.max_workers, metavar="N",
+                       help="workers the acceptor may grow to when all near their descriptor limit "
+                            "(default: %(default)s)")
+    epoll.add_argument("--worker-mode", choices=("process", "thread"), default=DEFAULTS.worker_mode,
                        help="workers as processes (default) or threads, as in the original")
-    epoll.add_argument("--balance", choices=("handoff", "reuseport"), default="handoff",
+    epoll.add_argument("--balance", choices=("handoff", "reuseport"), default=DEFAULTS.balance,
                        help="an acceptor hands sockets to the least-loaded worker (default), or "
                             "each worker process accepts on its own SO_REUSEPORT listener")
     threaded = p.add_argument_group("threaded")
-    threaded.add_argument("--stack-size", type=_count, default=0, metavar="BYTES",
+    threaded.add_argument("--stack-size", type=_count, default=DEFAULTS.stack_size, metavar="BYTES",
                           help="stack size of each connection thread (default: the platform's)")
     p.set_defaults(run=run)
 
@@ -118,11 +122,10 @@ def run(args: argparse.Namespace) -> int:
         worker_mode=args.worker_mode,
         balance=args.balance,
         stack_size=args.stack_size,
+        max_workers=args.max_workers,
     )
-    if args.workers:
+    if args.workers:  # else ServerConfig's: the number of CPUs
         config.workers = args.workers
-    if args.max_workers:
-        config.max_workers = args.max_workers
     raise_nofile()
     server = make_server(args.architecture, config)
     server.serve()

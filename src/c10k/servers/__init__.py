@@ -13,13 +13,13 @@ from c10k.servers.base import Server, ServerConfig, Stats
 
 __all__ = ["ARCHITECTURES", "ServerConfig", "Server", "Stats", "make_server"]
 
-#: name -> (module, class, one-line description); modules load on demand so
+#: name -> (module, class or factory, one-line description); modules load on demand so
 #: `c10k serve select` never imports uvloop.
 ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "threaded": ("c10k.servers.threaded", "ThreadedServer", "a thread per connection (the original's first server)"),
     "select": ("c10k.servers.polling", "SelectServer", "one thread on select(); descriptors >= 1024 are refused"),
     "poll": ("c10k.servers.polling", "PollServer", "one thread on poll()"),
-    "epoll": ("c10k.servers.epoll", "EpollServer",
+    "epoll": ("c10k.servers.epoll", "epoll_server",
               "an acceptor handing sockets to N edge-triggered epoll workers (or SO_REUSEPORT)"),
     "asyncio": ("c10k.servers.aio", "AsyncioServer", "an asyncio Protocol server on the standard loop"),
     "uvloop": ("c10k.servers.aio", "UvloopServer", "an asyncio Protocol server on uvloop"),

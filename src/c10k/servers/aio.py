@@ -12,18 +12,19 @@ import errno
 import signal
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
+from c10k.limits import nofile_limits
 from c10k.servers.base import (
-    DESCRIPTOR_LIMIT_WHY,
     DescriptorReserve,
-    RefusalLog,
     Server,
+    ServerConfig,
     announce,
+    log,
     open_listener,
     stop_deadline,
 )
+from c10k.servers.refusals import Refusal, Refusals
 
 __all__ = ["AsyncioServer", "UvloopServer"]
 
@@ -41,7 +42,6 @@ class SheddingListener(socket.socket):
     """
 
     reserve: DescriptorReserve
-    on_shed: Callable[[], None]
 
     def accept(self) -> tuple[socket.socket, Any]:
         try:
@@ -49,8 +49,7 @@ class SheddingListener(socket.socket):
         except OSError as exc:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
-            if self.reserve.shed(self):
-                self.on_shed()
+            self.reserve.shed(self)
             raise BlockingIOError(errno.EAGAIN, "descriptor limit: shed one client") from None
 
 
@@ -66,9 +65,7 @@ class EchoProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         srv = self.server
         self.transport = transport
-        limit = srv.config.max_connections
-        if srv.stopping or (limit and len(srv.conns) >= limit):
-            srv.stats.refused["max_connections"] += not srv.stopping
+        if srv.stopping or srv.refusals.full(len(srv.conns)):
             transport.abort()
             return
         transport.set_write_buffer_limits(srv.config.high_watermark, srv.config.low_watermark)
@@ -111,16 +108,19 @@ class EchoProtocol(asyncio.Protocol):
 class AsyncioServer(Server):
     name = "asyncio"
 
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config)
+        self.conns: set[EchoProtocol] = set()
+        self.echoed = 0
+        self.stopping = False
+        self.all_closed: asyncio.Event | None = None
+        self.refusals = Refusals(self.stats.refused, config.max_connections, nofile_limits()[0])
+        self.paused_said = False
+
     def new_loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
     def serve(self) -> None:
-        self.conns: set[EchoProtocol] = set()
-        self.tick = 0.0
-        self.echoed = 0
-        self.stopping = False
-        self.all_closed: asyncio.Event | None = None
-        self.refusals = RefusalLog()
         loop = self.new_loop()
         try:
             loop.run_until_complete(self._main())
@@ -136,8 +136,7 @@ class AsyncioServer(Server):
         plain = open_listener(cfg)
         listener = SheddingListener(plain.family, plain.type, plain.proto, fileno=plain.detach())
         listener.setblocking(False)
-        listener.reserve = reserve = DescriptorReserve()
-        listener.on_shed = self._shed
+        listener.reserve = reserve = DescriptorReserve(self.refusals)
         stop = asyncio.Event()
         self.all_closed = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -147,10 +146,10 @@ class AsyncioServer(Server):
         announce(listener.getsockname())
         sweep = min(1.0, cfg.idle_timeout / 4) if cfg.idle_timeout else 1.0
         while not stop.is_set():
-            self.tick = time.monotonic()
-            self.refusals.tick(self.tick)
+            now = time.monotonic()
+            self.refusals.tick(now)
             if cfg.idle_timeout:
-                cutoff = self.tick - cfg.idle_timeout
+                cutoff = now - cfg.idle_timeout
                 for proto in [p for p in self.conns if p.last < cutoff]:
                     self.stats.closed_idle += 1
                     proto.transport.close()
@@ -173,17 +172,15 @@ class AsyncioServer(Server):
         await asyncio.sleep(0)  # let the aborts run their connection_lost
         reserve.close()
 
-    def _shed(self) -> None:
-        self.stats.refused["descriptor_limit"] += 1
-        self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, self.tick)
-
-
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         # asyncio pauses accepting for a second on EMFILE and logs a traceback
         # each time; one line per burst says it better. Clients wait in the backlog.
         if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
-            self.refusals.note("descriptor_limit", "process descriptor limit (RLIMIT_NOFILE) reached: "
-                               "accepting paused, clients wait in the backlog", loop.time())
+            # Not a refusal (nothing is closed): said once, in the refusal's words.
+            if not self.paused_said:
+                self.paused_said = True
+                log(f"{Refusal.DESCRIPTOR_LIMIT.explain(nofile_limits()[0])}: accepting paused, "
+                    "clients wait in the backlog")
             return
         loop.default_exception_handler(context)
 

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,26 +22,23 @@ from typing import Any
 
 from c10k.errors import C10kError
 from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
+from c10k.servers.refusals import Refusal, Refusals, log
 
 __all__ = [
-    "ServerConfig", "Stats", "Server", "open_listener", "ShutdownSignal", "RefusalLog", "DescriptorReserve",
+    "ServerConfig", "Stats", "Server", "open_listener", "ShutdownSignal", "DescriptorReserve",
     "log", "announce", "stop_deadline", "accept_ready",
 ]
-
-#: Reasons a connection is closed at once, as the stats file names them.
-DESCRIPTOR_LIMIT_WHY = "process descriptor limit (RLIMIT_NOFILE) reached"
-REFUSAL_REASONS = ("fd_setsize", "thread_start", "descriptor_limit", "max_connections", "no_capacity")
 
 
 @dataclass
 class ServerConfig:
-    """Everything ``c10k serve`` can be told; the defaults are the CLI's."""
+    """Everything ``c10k serve`` can be told. The one home of its defaults: the CLI reads them here."""
 
     host: str = "127.0.0.1"
     port: int = 7000
     backlog: int = 4096
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    max_workers: int = 0  # 0: as many as 100,000+ connections need (see epoll.py)
+    max_workers: int = 64  # epoll hand-off grows to this many workers (see epoll.py)
     worker_mode: str = "process"
     balance: str = "handoff"
     max_connections: int = 0  # 0: no limit but the machine's
@@ -67,22 +63,6 @@ class Stats:
         self.closed_idle = 0
         self.refused: Counter[str] = Counter()
 
-    def as_row(self) -> list[int]:
-        """Flat numbers, for a shared-memory slot (see epoll.py)."""
-        return [getattr(self, f) for f in self.FIELDS] + [self.refused[r] for r in REFUSAL_REASONS]
-
-    @classmethod
-    def row_size(cls) -> int:
-        return len(cls.FIELDS) + len(REFUSAL_REASONS)
-
-    def add_row(self, row: list[int]) -> None:
-        """Add another worker's published numbers to these."""
-        for name, value in zip(self.FIELDS, row):
-            setattr(self, name, getattr(self, name) + value)
-        for reason, value in zip(REFUSAL_REASONS, row[len(self.FIELDS):]):
-            if value:
-                self.refused[reason] += value
-
     def to_json(self, architecture: str, workers: dict[str, int] | None = None) -> dict[str, Any]:
         return {
             "architecture": architecture,
@@ -95,25 +75,41 @@ class Stats:
         }
 
 
-def log(message: str) -> None:
-    """One line on stderr, prefixed so it can be told from the load's output."""
-    print(f"c10k serve: {message}", file=sys.stderr, flush=True)
-
-
 def announce(address: tuple[Any, ...]) -> None:
     """The one line the contract promises once connections are accepted."""
     host, port = address[:2]
     print(f"listening on {host}:{port}", flush=True)
 
 
-def open_listener(config: ServerConfig, reuseport: bool = False, port: int | None = None) -> socket.socket:
-    """A non-blocking listening TCP socket, or a one-line C10kError saying why not."""
-    port = config.port if port is None else port
+def open_listener(config: ServerConfig, reuseport: bool = False, join_port: int | None = None) -> socket.socket:
+    """A non-blocking listening TCP socket, or a one-line C10kError saying why not.
+
+    Args:
+        reuseport: the first listener of a new SO_REUSEPORT group (on ``config.port``).
+        join_port: another listener of our own group, already bound on this port.
+    """
+    port = config.port if join_port is None else join_port
     try:
         infos = socket.getaddrinfo(config.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise C10kError(f"cannot resolve host {config.host!r}: {exc.strerror}") from None
     family, kind, proto, _, addr = infos[0]
+    if reuseport and join_port is None:
+        # SO_REUSEPORT lets any socket of the same user that also sets it bind
+        # a port already listened on, and the kernel then splits the traffic:
+        # a second server would silently take half of the first one's. So the
+        # group's first listener checks with a plain bind (no SO_REUSEPORT),
+        # which fails with EADDRINUSE if anyone listens there, and takes the
+        # port that bind got (port 0 resolves here, once for every worker).
+        probe = _bind(config, family, kind, proto, addr, port, reuseport=False, listen=False)
+        addr = probe.getsockname()
+        port = addr[1]
+        probe.close()
+    return _bind(config, family, kind, proto, addr, port, reuseport=reuseport or join_port is not None)
+
+
+def _bind(config: ServerConfig, family: int, kind: int, proto: int, addr: Any, port: int,
+          reuseport: bool, listen: bool = True) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -123,9 +119,10 @@ def open_listener(config: ServerConfig, reuseport: bool = False, port: int | Non
         # saves one setsockopt per connection.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(addr)
-        # The kernel caps the backlog at net.core.somaxconn silently.
-        sock.listen(max(config.backlog, 1))
-        sock.setblocking(False)
+        if listen:
+            # The kernel caps the backlog at net.core.somaxconn silently.
+            sock.listen(max(config.backlog, 1))
+            sock.setblocking(False)
     except OSError as exc:
         sock.close()
         where = f"{config.host}:{port}"
@@ -217,37 +214,6 @@ def stop_deadline(shutdown_timeout: float, now: float | None = None) -> float:
     return now + shutdown_timeout - min(0.5, shutdown_timeout / 4)
 
 
-class RefusalLog:
-    """Logs refusals once per burst, not once per connection.
-
-    The first refusal of a burst is logged at once with its reason; when no
-    refusal has come for ``quiet_s`` seconds, ``tick`` logs how many the burst
-    held. A flood of 10,000 refused connections costs two log lines.
-    """
-
-    def __init__(self, quiet_s: float = 1.0) -> None:
-        self.quiet_s = quiet_s
-        self._bursts: dict[str, list[float]] = {}  # reason -> [count, last time]
-
-    def note(self, reason: str, explanation: str, now: float) -> None:
-        burst = self._bursts.get(reason)
-        if burst is None:
-            log(f"refusing connections: {explanation}")
-            self._bursts[reason] = [1, now]
-        else:
-            burst[0] += 1
-            burst[1] = now
-
-    def tick(self, now: float) -> None:
-        for reason, (count, last) in list(self._bursts.items()):
-            if now - last >= self.quiet_s:
-                log(f"{int(count)} connection(s) refused in this burst ({reason})")
-                del self._bursts[reason]
-
-    def flush(self) -> None:
-        self.tick(float("inf"))
-
-
 class DescriptorReserve:
     """One spare descriptor, given up to accept-and-close when out of them.
 
@@ -257,7 +223,8 @@ class DescriptorReserve:
     backlog, and the loop waits again. (libev and libuv do the same.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, refusals: Refusals) -> None:
+        self.refusals = refusals
         self._fd: int | None = None
         self._take()
 
@@ -268,7 +235,7 @@ class DescriptorReserve:
             self._fd = None  # a closing connection frees one; we try again next time
 
     def shed(self, listener: socket.socket) -> bool:
-        """Accept one pending client with the spare and close it; True if one was."""
+        """Accept one pending client with the spare, close it and count it; True if one was."""
         if self._fd is None:
             self._take()
             if self._fd is None:
@@ -277,11 +244,12 @@ class DescriptorReserve:
         self._fd = None
         try:
             listener.accept()[0].close()
-            return True
         except OSError:
             return False
         finally:
             self._take()
+        self.refusals.refuse(Refusal.DESCRIPTOR_LIMIT)
+        return True
 
     def close(self) -> None:
         if self._fd is not None:
@@ -294,12 +262,11 @@ class DescriptorReserve:
 ACCEPT_BATCH = 256
 
 
-def accept_ready(listener: socket.socket, reserve: DescriptorReserve | None, on_shed: Callable[[], None],
-                 limit: int = ACCEPT_BATCH) -> Iterator[int]:
+def accept_ready(listener: socket.socket, reserve: DescriptorReserve, limit: int = ACCEPT_BATCH) -> Iterator[int]:
     """Accept the clients waiting on a non-blocking listener, as raw descriptors.
 
-    Out of descriptors (EMFILE, ENFILE), the reserve sheds one waiting client
-    and ``on_shed`` counts it. Errors that concern one client only (it gave up
+    Out of descriptors (EMFILE, ENFILE), the reserve sheds (and counts) one
+    waiting client. Errors that concern one client only (it gave up
     before we accepted it) are skipped; anything else is logged and ends the batch.
     """
     for _ in range(limit):
@@ -311,8 +278,7 @@ def accept_ready(listener: socket.socket, reserve: DescriptorReserve | None, on_
             if listener.fileno() == -1:
                 return  # closed by a shutdown signal's handler while we were accepting
             if exc.errno in (errno.EMFILE, errno.ENFILE):
-                if reserve is not None and reserve.shed(listener):
-                    on_shed()
+                if reserve.shed(listener):
                     continue
                 return
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):

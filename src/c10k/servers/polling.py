@@ -11,21 +11,19 @@ from __future__ import annotations
 
 from c10k.limits import FD_SETSIZE
 from c10k.servers.base import Server, ShutdownSignal, announce, open_listener
-from c10k.servers.reactor import Poller, PollPoller, Reactor, SelectPoller
+from c10k.servers.pollers import Poller, PollPoller, SelectPoller
+from c10k.servers.reactor import Reactor
+from c10k.servers.refusals import Refusal
 
 __all__ = ["SelectServer", "PollServer", "SingleReactorServer"]
 
 
 class SelectReactor(Reactor):
-    def admit(self, fd: int) -> str | None:
+    def admit(self, fd: int) -> bool:
         if fd >= FD_SETSIZE:
-            return "fd_setsize"
+            self.refusals.refuse(Refusal.FD_SETSIZE, f"descriptor {fd}")
+            return False
         return super().admit(fd)
-
-    def explain(self, reason: str, fd: int) -> str:
-        if reason == "fd_setsize":
-            return f"select() cannot watch descriptor {fd} >= FD_SETSIZE ({FD_SETSIZE})"
-        return super().explain(reason, fd)
 
 
 class SingleReactorServer(Server):

@@ -27,15 +27,13 @@ asking for POLLIN while a connection may not read.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import time
 from collections.abc import Callable
 
+from c10k.limits import nofile_limits
 from c10k.servers.base import (
-    DESCRIPTOR_LIMIT_WHY,
     DescriptorReserve,
-    RefusalLog,
     ServerConfig,
     ShutdownSignal,
     Stats,
@@ -43,14 +41,11 @@ from c10k.servers.base import (
     stop_deadline,
 )
 from c10k.servers.echo import EchoBuffer
+from c10k.servers.pollers import ERR, OUT, RDHUP, READ_EVENTS, Poller
+from c10k.servers.refusals import Refusals
 
-__all__ = ["Reactor", "Poller", "EpollPoller", "PollPoller", "SelectPoller"]
+__all__ = ["Reactor", "Conn"]
 
-IN = select.POLLIN
-OUT = select.POLLOUT
-ERR = select.POLLERR | select.POLLHUP
-RDHUP = 0x2000  # POLLRDHUP == EPOLLRDHUP on Linux
-READ_EVENTS = IN | ERR | RDHUP
 READ_SIZE = 65536
 
 # Connection states.
@@ -58,117 +53,6 @@ OPEN = 0  # echoing
 HALF_CLOSED = 1  # client sent EOF: flush what is owed, then close
 STOPPING = 2  # server stopping: flush what is owed, then shut the write side
 DRAINING = 3  # write side shut: discard what the client still sends until its EOF
-
-
-class Poller:
-    """The calls a Reactor needs; one subclass per system call (like selectors)."""
-
-    edge_triggered = False
-
-    def add_control(self, fd: int) -> None:
-        """Watch a listener, wake or inbox descriptor for reading, level-triggered."""
-        raise NotImplementedError
-
-    def add(self, fd: int) -> None:
-        """Watch a new connection for reading."""
-        raise NotImplementedError
-
-    def interest(self, fd: int, read: bool, write: bool) -> None:
-        raise NotImplementedError
-
-    def remove(self, fd: int) -> None:
-        raise NotImplementedError
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class EpollPoller(Poller):
-    edge_triggered = True
-    CONN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
-
-    def __init__(self) -> None:
-        self._ep = select.epoll()
-        self.poll = self._poll  # type: ignore[method-assign]
-
-    def add_control(self, fd: int) -> None:
-        self._ep.register(fd, select.EPOLLIN)
-
-    def add(self, fd: int) -> None:
-        self._ep.register(fd, self.CONN)
-
-    def interest(self, fd: int, read: bool, write: bool) -> None:
-        # Edge-triggered: reading interest never changes, only EPOLLOUT does.
-        self._ep.modify(fd, self.CONN | select.EPOLLOUT if write else self.CONN)
-
-    def remove(self, fd: int) -> None:
-        try:
-            self._ep.unregister(fd)
-        except (OSError, ValueError):
-            pass
-
-    def _poll(self, timeout: float) -> list[tuple[int, int]]:
-        return self._ep.poll(timeout, 1024)
-
-    def close(self) -> None:
-        self._ep.close()
-
-
-class PollPoller(Poller):
-    def __init__(self) -> None:
-        self._p = select.poll()
-
-    def add_control(self, fd: int) -> None:
-        self._p.register(fd, IN)
-
-    def add(self, fd: int) -> None:
-        self._p.register(fd, IN)
-
-    def interest(self, fd: int, read: bool, write: bool) -> None:
-        self._p.modify(fd, (IN if read else 0) | (OUT if write else 0))
-
-    def remove(self, fd: int) -> None:
-        try:
-            self._p.unregister(fd)
-        except KeyError:
-            pass
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        return self._p.poll(timeout * 1000)
-
-
-class SelectPoller(Poller):
-    """select(2) through the same calls. It cannot watch descriptors >= FD_SETSIZE."""
-
-    def __init__(self) -> None:
-        self._readers: set[int] = set()
-        self._writers: set[int] = set()
-
-    def add_control(self, fd: int) -> None:
-        self._readers.add(fd)
-
-    def add(self, fd: int) -> None:
-        self._readers.add(fd)
-
-    def interest(self, fd: int, read: bool, write: bool) -> None:
-        (self._readers.add if read else self._readers.discard)(fd)
-        (self._writers.add if write else self._writers.discard)(fd)
-
-    def remove(self, fd: int) -> None:
-        self._readers.discard(fd)
-        self._writers.discard(fd)
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        r, w, _ = select.select(self._readers, self._writers, [], timeout)
-        if not w:
-            return [(fd, IN) for fd in r]
-        events = dict.fromkeys(r, IN)
-        for fd in w:
-            events[fd] = events.get(fd, 0) | OUT
-        return list(events.items())
 
 
 class Conn:
@@ -222,25 +106,17 @@ class Reactor:
         self.now = time.monotonic()
         self.stopping = False
         self.deadline = float("inf")  # set when stopping: close what is left then
-        self.refusals = RefusalLog()
+        self.refusals = Refusals(stats.refused, config.max_connections, nofile_limits()[0])
         for fd in (listener.fileno() if listener else None, wake_fd, self.inbox_fd):
             if fd is not None:
                 poller.add_control(fd)
-        self.reserve = DescriptorReserve()  # for EMFILE on accept, see base.py
+        self.reserve = DescriptorReserve(self.refusals)  # for EMFILE on accept, see base.py
 
     # -- admission ------------------------------------------------------------
 
-    def admit(self, fd: int) -> str | None:
-        """Why a new connection must be closed at once, or None to serve it."""
-        limit = self.config.max_connections
-        if limit and len(self.conns) >= limit:
-            return "max_connections"
-        return None
-
-    def explain(self, reason: str, fd: int) -> str:
-        if reason == "max_connections":
-            return f"--max-connections {self.config.max_connections} reached"
-        return reason
+    def admit(self, fd: int) -> bool:
+        """Whether to serve a new connection; if not, the refusal is counted (the caller closes it)."""
+        return not self.refusals.full(len(self.conns))
 
     def add(self, fd: int) -> None:
         """Serve an accepted, non-blocking descriptor."""
@@ -253,24 +129,20 @@ class Reactor:
 
     def _accept(self) -> None:
         assert self.listener is not None
-        for fd in accept_ready(self.listener, self.reserve, self._count_shed):
-            reason = self.admit(fd)
-            if reason is not None:
+        for fd in accept_ready(self.listener, self.reserve):
+            if not self.admit(fd):
                 os.close(fd)
-                self.stats.refused[reason] += 1
-                self.refusals.note(reason, self.explain(reason, fd), self.now)
                 continue
             os.set_blocking(fd, False)
             self.add(fd)
 
-    def _count_shed(self) -> None:
-        self.stats.refused["descriptor_limit"] += 1
-        self.refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, self.now)
-
     # -- the loop -------------------------------------------------------------
 
-    def run(self) -> None:
-        """Serve until asked to stop, then stop gracefully (see ``_begin_stop``)."""
+    def run(self, turns: int = -1) -> None:
+        """Serve until asked to stop, then stop gracefully (see ``_begin_stop``).
+
+        ``turns``: return after this many polls, still serving (tests step the loop).
+        """
         conns = self.conns
         poll = self.poller.poll
         read = os.read
@@ -279,7 +151,8 @@ class Reactor:
         stats = self.stats
         idle = self.config.idle_timeout
         next_tick = self.now + 1.0
-        while True:
+        while turns:
+            turns -= 1
             timeout = min(next_tick, self.deadline) - self.now
             events = poll(timeout if timeout > 0 else 0)
             now = self.now = time.monotonic()
@@ -335,6 +208,8 @@ class Reactor:
                 self._begin_stop(stop_deadline(self.config.shutdown_timeout, now))
                 if not conns:
                     break
+        else:
+            return  # the turns asked for are done
         self._finish()
 
     # -- slow paths -----------------------------------------------------------

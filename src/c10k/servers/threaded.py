@@ -24,10 +24,9 @@ import threading
 import time
 
 from c10k.errors import UsageError
+from c10k.limits import nofile_limits
 from c10k.servers.base import (
-    DESCRIPTOR_LIMIT_WHY,
     DescriptorReserve,
-    RefusalLog,
     Server,
     ShutdownSignal,
     accept_ready,
@@ -35,6 +34,7 @@ from c10k.servers.base import (
     open_listener,
     stop_deadline,
 )
+from c10k.servers.refusals import Refusal, Refusals
 
 __all__ = ["ThreadedServer"]
 
@@ -116,8 +116,8 @@ class ThreadedServer(Server):
             listener.close()
 
         shutdown = ShutdownSignal(on_signal=stop_now)
-        reserve = DescriptorReserve()
-        refusals = RefusalLog()
+        refusals = Refusals(self.stats.refused, cfg.max_connections, nofile_limits()[0])
+        reserve = DescriptorReserve(refusals)
         poller = select.poll()
         poller.register(listener.fileno(), select.POLLIN)
         poller.register(shutdown.wake_fd, select.POLLIN)
@@ -154,18 +154,11 @@ class ThreadedServer(Server):
         with self.lock:
             self.write_stats()
 
-    def _accept(self, listener: socket.socket, reserve: DescriptorReserve, refusals: RefusalLog) -> None:
-        limit = self.config.max_connections
-        def count_shed() -> None:
-            self.stats.refused["descriptor_limit"] += 1
-            refusals.note("descriptor_limit", DESCRIPTOR_LIMIT_WHY, time.monotonic())
-
-        for fd in accept_ready(listener, reserve, count_shed):
+    def _accept(self, listener: socket.socket, reserve: DescriptorReserve, refusals: Refusals) -> None:
+        for fd in accept_ready(listener, reserve):
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
-            if limit and len(self.conns) >= limit:
+            if refusals.full(len(self.conns)):
                 sock.close()
-                self.stats.refused["max_connections"] += 1
-                refusals.note("max_connections", f"--max-connections {limit} reached", time.monotonic())
                 continue
             sock.settimeout(self.config.idle_timeout or None)
             conn = _Conn(sock)
@@ -178,8 +171,7 @@ class ThreadedServer(Server):
                 with self.lock:
                     self.conns.discard(conn)
                 sock.close()
-                self.stats.refused["thread_start"] += 1
-                refusals.note("thread_start", f"a thread could not start ({exc})", time.monotonic())
+                refusals.refuse(Refusal.THREAD_START, str(exc))
                 continue
             self.stats.accepted += 1
             if live > self.stats.peak_concurrent:

@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from c10k.limits import FD_SETSIZE
+from c10k.servers.refusals import Refusal
 
 __all__ = ["Evidence", "decide", "PASSED_RESULT"]
 
@@ -23,11 +23,11 @@ PASSED_RESULT = "No errors observed on either side, log file generated successfu
 # an epoll descriptor, pipes and the interpreter's own files.
 _FD_HEADROOM = 64
 
+# Tracebacks a server may leave, and the refusal (or cause) each one means.
 _STDERR_CAUSES: tuple[tuple[str, str], ...] = (
-    ("can't start new thread", "threads could not start"),
-    ("filedescriptor out of range in select",
-     f"select() cannot watch descriptors >= FD_SETSIZE ({FD_SETSIZE})"),
-    ("too many open files", "process descriptor limit ({nofile}) reached"),
+    ("can't start new thread", Refusal.THREAD_START.words),
+    ("filedescriptor out of range in select", Refusal.FD_SETSIZE.words),
+    ("too many open files", Refusal.DESCRIPTOR_LIMIT.words),
     ("memoryerror", "the server ran out of memory"),
     ("cannot allocate memory", "the server ran out of memory"),
 )
@@ -97,20 +97,14 @@ def _last_error_line(lines: list[str]) -> str:
 def _refusal_causes(ev: Evidence) -> list[str]:
     refused = (ev.stats or {}).get("refused") or {}
     n = ev.connections
-    words = {
-        "fd_setsize": f"select() cannot watch descriptors >= FD_SETSIZE ({FD_SETSIZE})",
-        "descriptor_limit": f"process descriptor limit ({ev.nofile}) reached",
-        "thread_start": "threads could not start",
-        "max_connections": "the server's --max-connections cap was reached",
-        "no_capacity": "no worker had room for more connections",
-    }
     causes = []
-    for key, text in words.items():
-        count = int(refused.get(key) or 0)
+    for reason in Refusal:
+        count = int(refused.get(reason.value) or 0)
         if count > 0:
-            causes.append(f"{text}: {count} of {n} connections refused")
+            causes.append(f"{reason.explain(ev.nofile)}: {count} of {n} connections refused")
+    known = {reason.value for reason in Refusal}
     for key, count in refused.items():
-        if key not in words and count:
+        if key not in known and count:
             causes.append(f"server refused {count} of {n} connections ({key})")
     return causes
 
@@ -126,10 +120,10 @@ def _stderr_causes(ev: Evidence) -> list[str]:
     return found
 
 
-# The load's error keys, in words.
+# The load's error keys (errno names and its own), in words.
 _ERROR_WORDS = {
     "closed_early": "closed by the server before their echoes",
-    "reset": "reset",
+    "ECONNRESET": "reset",
     "timeout": "timed out",
     "ECONNREFUSED": "refused at connect",
     "mismatch": "mismatched",
@@ -202,7 +196,7 @@ def decide(ev: Evidence) -> tuple[str, str]:
         if not any(c.startswith(cause) for c in causes):
             causes.append(cause)
     per_process = int(ev.usage.get("peak_fds_per_process") or 0)
-    limit_words = f"process descriptor limit ({ev.nofile}) reached"
+    limit_words = Refusal.DESCRIPTOR_LIMIT.explain(ev.nofile)
     if per_process >= ev.nofile - _FD_HEADROOM and not any(c.startswith(limit_words) for c in causes):
         causes.append(f"{limit_words}: a server process held {per_process} descriptors")
     if ev.exited_early and ev.exit_status is not None:
