@@ -70,7 +70,7 @@ CONFIG_IDS = list(SERVER_CONFIGS)
 #: Configurations whose connections live in worker processes (children of the server).
 PROCESS_WORKER_CONFIGS = ["epoll", "epoll-reuseport"]
 
-LISTENING_RE = re.compile(r"^listening on (?P<host>\S+):(?P<port>\d+)$")
+LISTENING_RE = re.compile(r"^listening on \[?(?P<host>[^\s\]]+)\]?:(?P<port>\d+)$")
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "PORT_HEADROOM",
     "EXPLICIT_PORT_HEADROOM",
     "LARGE_RUN",
+    "MAX_SERVER_WORKERS",
     "connections_per_process",
     "select_connections",
     "thread_worker_share",
@@ -60,6 +61,10 @@ PORT_HEADROOM = 0.4
 #: When the user names the source addresses, use up to this share: connects
 #: slow down past half the range, but they work.
 EXPLICIT_PORT_HEADROOM = 0.9
+
+#: Worker processes or threads an epoll server may start over its life, replacements
+#: included (the size of its shared table of per-worker counters).
+MAX_SERVER_WORKERS = 1024
 
 #: From this many connections on, at least one load process per CPU.
 LARGE_RUN = 2000

@@ -7,8 +7,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from c10k.errors import UsageError
-from c10k.limits import raise_nofile
+from c10k import capacity
+from c10k.errors import C10kError, UsageError
+from c10k.limits import nofile_limits, raise_nofile
 from c10k.servers import ARCHITECTURES, ServerConfig, make_server
 
 #: the one home of the defaults is ServerConfig; the options show them
@@ -54,6 +55,28 @@ _positive = _at_least(1)
 _count = _at_least(0)
 
 
+def _workers(text: str) -> int:
+    value = _positive(text)
+    if value > capacity.MAX_SERVER_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"at most {capacity.MAX_SERVER_WORKERS} workers (a worker holds up to "
+            f"{capacity.connections_per_process(nofile_limits()[1]):,} connections here), not {value}")
+    return value
+
+
+def _check_stats_file(path: str | None) -> None:
+    """A --stats-file that cannot be written is found now, not when the server stops."""
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w"):
+            pass
+        os.unlink(tmp)
+    except OSError as exc:
+        raise C10kError(f"cannot write --stats-file {path}: {exc.strerror or exc}") from None
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -90,9 +113,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--low-watermark", type=_count, default=DEFAULTS.low_watermark, metavar="BYTES",
                    help="read it again once owed no more than this (default: %(default)s)")
     epoll = p.add_argument_group("epoll")
-    epoll.add_argument("--workers", type=_positive, default=None, metavar="N",
+    epoll.add_argument("--workers", type=_workers, default=None, metavar="N",
                        help="worker event loops (default: the number of CPUs)")
-    epoll.add_argument("--max-workers", type=_positive, default=DEFAULTS.max_workers, metavar="N",
+    epoll.add_argument("--max-workers", type=_workers, default=DEFAULTS.max_workers, metavar="N",
                        help="workers the acceptor may grow to when all near their descriptor limit "
                             "(default: %(default)s)")
     epoll.add_argument("--worker-mode", choices=("process", "thread"), default=DEFAULTS.worker_mode,
@@ -109,6 +132,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.low_watermark > args.high_watermark:
         raise UsageError("--low-watermark must not exceed --high-watermark")
+    _check_stats_file(args.stats_file)
     config = ServerConfig(
         host=args.host,
         port=args.port,

@@ -23,6 +23,7 @@ from typing import Any
 from c10k.errors import C10kError
 from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
 from c10k.servers.refusals import Refusal, Refusals, log
+from c10k.text import host_port
 
 __all__ = [
     "ServerConfig", "Stats", "Server", "open_listener", "ShutdownSignal", "DescriptorReserve",
@@ -78,7 +79,7 @@ class Stats:
 def announce(address: tuple[Any, ...]) -> None:
     """The one line the contract promises once connections are accepted."""
     host, port = address[:2]
-    print(f"listening on {host}:{port}", flush=True)
+    print(f"listening on {host_port(host, port)}", flush=True)  # [::1]:7000 for IPv6
 
 
 def open_listener(config: ServerConfig, reuseport: bool = False, join_port: int | None = None) -> socket.socket:
@@ -125,7 +126,7 @@ def _bind(config: ServerConfig, family: int, kind: int, proto: int, addr: Any, p
             sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        where = f"{config.host}:{port}"
+        where = host_port(config.host, port)
         if exc.errno == errno.EADDRINUSE:
             raise C10kError(f"address {where} is already in use") from None
         if exc.errno == errno.EACCES:
@@ -203,9 +204,12 @@ class Server:
             return
         data = self.stats.to_json(self.name, {"started": self.workers_started, "died": self.workers_died})
         tmp = f"{self.config.stats_file}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, self.config.stats_file)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=1)
+            os.replace(tmp, self.config.stats_file)
+        except OSError as exc:  # checked at start; the folder may have gone since
+            log(f"cannot write --stats-file {self.config.stats_file}: {exc.strerror or exc}")
 
 
 def stop_deadline(shutdown_timeout: float, now: float | None = None) -> float:

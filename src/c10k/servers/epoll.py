@@ -33,6 +33,8 @@ import signal
 import socket
 import time
 
+from c10k import capacity
+from c10k.errors import C10kError
 from c10k.limits import nofile_limits
 from c10k.servers.base import (
     DescriptorReserve,
@@ -60,20 +62,16 @@ from c10k.servers.workers import (
 __all__ = ["HandoffServer", "ReuseportServer", "epoll_server", "connections_per_worker"]
 
 #: descriptors a worker process keeps for itself (epoll, inbox, wake pair, std streams, reserve)
-WORKER_OVERHEAD = 64
-
-
 def connections_per_worker(fd_limit: int, workers: int, shared_table: bool) -> int:
     """Connections one worker may be handed before the acceptor starts another.
 
-    The epoll server's one formula of descriptor headroom: a worker process
-    keeps WORKER_OVERHEAD descriptors for itself; thread workers share one
-    process's table, less what the acceptor and each worker keep.
+    ``c10k.capacity`` owns the arithmetic (the doctor and the study plan with
+    the same): a worker process keeps some descriptors for itself; thread
+    workers share one process's table, less what the acceptor and each keep.
     """
     if shared_table:
-        n = max(1, workers)
-        return max(1, (fd_limit - 32 - 4 * n) // n)
-    return fd_limit - WORKER_OVERHEAD
+        return capacity.thread_worker_share(fd_limit, workers)
+    return capacity.connections_per_process(fd_limit)
 
 
 def epoll_server(config: ServerConfig) -> Server:
@@ -101,6 +99,8 @@ class EpollPoolServer(Server):
         listener = self.open()
         address = listener.getsockname()
         pool = self.start(listener, ep, inherited=[ep, shutdown])
+        if not pool.workers:
+            raise C10kError("no worker could start (see above); nothing is served")
         # SIGCHLD wakes the loop through the wakeup fd, so a dead worker is
         # replaced at once even if its end of the pair lingers.
         signal.signal(signal.SIGCHLD, lambda *_: None)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from c10k import capacity
 from c10k.servers.base import ServerConfig, ShutdownSignal, Stats, log, stop_deadline
 from c10k.servers.pollers import EpollPoller
 from c10k.servers.reactor import Conn, Reactor
@@ -40,7 +41,7 @@ SCM_MAX_FD = 253
 STOP = b"S"
 FDS = b"F"
 READY = b"R"
-SLOTS = 1024  # workers over a server's life, replacements included
+SLOTS = capacity.MAX_SERVER_WORKERS  # workers over a server's life, replacements included
 
 
 class Slots:
@@ -226,7 +227,18 @@ class WorkerPool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spec = WorkerSpec(index, theirs, self.config, self.slots, listener, self.live,
                           own_process=not self.shares_descriptors)
-        worker = Worker(index, ours, self._start(spec, ours))
+        try:
+            pid = self._start(spec, ours)
+        except (OSError, RuntimeError) as exc:
+            # fork() fails with EAGAIN past RLIMIT_NPROC or pid_max, ENOMEM without
+            # memory; a thread that cannot start raises RuntimeError. The server goes
+            # on with the workers it has; one line says why it has no more.
+            for sock in (ours, theirs, listener):
+                if sock is not None:
+                    sock.close()
+            log(f"cannot start worker {index}: {getattr(exc, 'strerror', None) or exc}")
+            return None
+        worker = Worker(index, ours, pid)
         # A worker that stops taking sockets must not hang the parent forever.
         ours.settimeout(5.0)
         self.ep.register(ours.fileno(), select.EPOLLIN)

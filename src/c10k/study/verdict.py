@@ -13,6 +13,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from c10k import capacity
 from c10k.servers.refusals import Refusal
 
 __all__ = ["Evidence", "decide", "PASSED_RESULT"]
@@ -21,7 +22,6 @@ PASSED_RESULT = "No errors observed on either side, log file generated successfu
 
 # Close to the limit counts as reaching it: a process also holds its listener,
 # an epoll descriptor, pipes and the interpreter's own files.
-_FD_HEADROOM = 64
 
 # Tracebacks a server may leave, and the refusal (or cause) each one means.
 _STDERR_CAUSES: tuple[tuple[str, str], ...] = (
@@ -197,7 +197,8 @@ def decide(ev: Evidence) -> tuple[str, str]:
             causes.append(cause)
     per_process = int(ev.usage.get("peak_fds_per_process") or 0)
     limit_words = Refusal.DESCRIPTOR_LIMIT.explain(ev.nofile)
-    if per_process >= ev.nofile - _FD_HEADROOM and not any(c.startswith(limit_words) for c in causes):
+    near_limit = per_process >= capacity.connections_per_process(ev.nofile)
+    if near_limit and not any(c.startswith(limit_words) for c in causes):
         causes.append(f"{limit_words}: a server process held {per_process} descriptors")
     if ev.exited_early and ev.exit_status is not None:
         detail = _last_error_line(ev.stderr_tail)
