@@ -13,6 +13,7 @@ stops both reading and writing while echoes are owed).
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -64,3 +65,24 @@ def test_stalled_client_with_echoes_owed_is_closed_by_the_idle_timeout(serve, co
             s.close()
     assert server.stop() == 0
     assert server.stats()["closed_idle"] == 20
+
+
+@pytest.mark.parametrize("config", CONFIG_IDS)
+def test_a_peer_that_takes_no_echo_is_closed_by_the_send_timeout(serve, config):
+    """--send-timeout (TCP_USER_TIMEOUT on the listener, inherited by every accepted socket) ends a
+    connection whose peer's window stays shut: the zero-window deadlock a departed flooder's orphan can
+    leave, here made by a client that stops reading. The idle timeout plays no part (closed_idle 0)."""
+    server = serve.config(config, "--send-timeout", "1")
+    baseline = settled(server.fd_count, what="server descriptor count before the flood")
+    socks = connect_many(server.address, 20, source="127.0.0.3")
+    try:
+        for s in socks:  # the client's receive window shuts soon, so the server's echoes stop moving
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        _flood(socks)
+        wait_until(lambda: server.fd_count() <= baseline, 30.0,
+                   what=f"server descriptors back at {baseline} (now {server.fd_count()})")
+    finally:
+        for s in socks:
+            s.close()
+    assert server.stop() == 0
+    assert server.stats()["closed_idle"] == 0

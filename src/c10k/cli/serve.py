@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -82,8 +83,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, not {text}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, not {text}")
     return value
 
 
@@ -105,6 +106,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="close connections beyond M at once (default: no limit)")
     p.add_argument("--idle-timeout", type=_seconds, default=DEFAULTS.idle_timeout, metavar="S",
                    help="close a connection with no traffic for S seconds (default: never)")
+    p.add_argument("--send-timeout", type=_seconds, default=DEFAULTS.send_timeout, metavar="S",
+                   help="close a connection whose peer has taken none of its echoes for S seconds (a departed "
+                        "or stuck client; TCP_USER_TIMEOUT). Off by default: a slow reader is also cut off")
     p.add_argument("--shutdown-timeout", type=_seconds, default=DEFAULTS.shutdown_timeout, metavar="S",
                    help="after SIGTERM, exit within S seconds (default: %(default)s)")
     p.add_argument("--stats-file", metavar="FILE", help="write JSON statistics here at exit")
@@ -139,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         backlog=args.backlog,
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
+        send_timeout=args.send_timeout,
         shutdown_timeout=args.shutdown_timeout,
         stats_file=args.stats_file,
         high_watermark=args.high_watermark,

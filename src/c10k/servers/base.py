@@ -44,6 +44,7 @@ class ServerConfig:
     balance: str = "handoff"
     max_connections: int = 0  # 0: no limit but the machine's
     idle_timeout: float = 0.0  # 0: never
+    send_timeout: float = 0.0  # 0: never (TCP_USER_TIMEOUT: echoes a peer does not take for this long)
     shutdown_timeout: float = 5.0
     stats_file: str | None = None
     high_watermark: int = DEFAULT_HIGH_WATERMARK
@@ -119,6 +120,15 @@ def _bind(config: ServerConfig, family: int, kind: int, proto: int, addr: Any, p
         # Accepted sockets inherit TCP_NODELAY from the listener on Linux, which
         # saves one setsockopt per connection.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if config.send_timeout > 0:
+            # A peer that takes no echo for this long is gone (nginx's send_timeout).
+            # TCP_USER_TIMEOUT bounds both unacknowledged data and zero-window
+            # probing, so it also ends the deadlock a departed flooder can leave:
+            # its orphaned socket still has unsent bytes our paused (backpressured)
+            # connection will not read, and under TCP memory pressure its window
+            # is zero, so neither side's data moves and only the kernel's retry
+            # timers (tens of seconds) would end it. Inherited by accepted sockets.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(config.send_timeout * 1000)))
         sock.bind(addr)
         if listen:
             # The kernel caps the backlog at net.core.somaxconn silently.

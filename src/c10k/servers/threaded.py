@@ -192,8 +192,10 @@ class ThreadedServer(Server):
                         echoed += len(data)
                     if conn.stopping:
                         conn._shut()  # then discard until the client's EOF
-        except TimeoutError:
-            idle = not conn.stopping
+        except TimeoutError as exc:
+            # socket.timeout (no errno) is our --idle-timeout; ETIMEDOUT, also a
+            # TimeoutError, is the kernel's --send-timeout (TCP_USER_TIMEOUT).
+            idle = exc.errno is None and not conn.stopping
         except OSError:
             pass
         finally:
