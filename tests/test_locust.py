@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -273,3 +272,40 @@ def test_web_ui_shows_the_echo_count_growing_during_a_run(serve, tmp_path, locus
     run.proc.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 0, run.stderr()
     assert "Traceback" not in run.stderr()
+
+
+def test_master_and_two_workers_on_their_own_hosts_echo_10000_connections(serve, tmp_path, locusts) -> None:
+    """The original's setup: a server host and two client hosts (plus the master), 10,000 connections x 20."""
+    assert netns_available(), "needs root and iproute2 to make the hosts (network namespaces)"
+    users, count, workers = 10_000, 20, 2
+    prefix = tmp_path / "out" / "run"
+    with Hosts("srv", "mst", "w1", "w2") as hosts:
+        server = serve("epoll", "--host", hosts.address("srv"), preexec_fn=hosts.enter("srv"))
+        # --user-rate 2: each connection stays open ~10 s, so most are open at once
+        master = locusts(["--master", "--headless", "--expect-workers", str(workers),
+                          "--expect-workers-max-wait", "120", "-u", str(users), "-r", "2000", "-t", "300s",
+                          "--host", f"tcp://{server.host}:{server.port}", "--count", str(count),
+                          "--user-rate", "2", "--csv", str(prefix)],
+                         name="master", preexec_fn=hosts.enter("mst"))
+        for w in ("w1", "w2"):
+            locusts(["--worker", "--master-host", hosts.address("mst")], name=w, preexec_fn=hosts.enter(w))
+        rc = master.wait(timeout=400)
+        err = master.stderr()
+        assert rc == 0, err[-3000:]
+        assert server.alive()
+    assert "Traceback" not in err
+    assert f"all {users} connections finished" in err
+    rows = stats_rows(prefix)
+    assert (int(rows["connect"]["Request Count"]), int(rows["connect"]["Failure Count"])) == (users, 0)
+    assert (int(rows["echo"]["Request Count"]), int(rows["echo"]["Failure Count"])) == (users * count, 0)
+    assert failure_rows(prefix) == Counter()
+    summary = json.loads((prefix.parent / "summary.json").read_text())
+    assert summary["connections"] == {**summary["connections"], "requested": users, "established": users,
+                                      "completed": users, "failed": 0}
+    assert summary["messages"] == {"sent": users * count, "echoed": users * count, "mismatched": 0}
+    assert summary["errors"] == {} and summary["ok"] is True and summary["processes"] == workers
+    assert summary["messages"]["echoed"] == int(rows["echo"]["Request Count"])
+    assert summary["bytes"]["echoed"] == int(float(rows["echo"]["Average Content Size"]) * users * count)
+    assert 0 < summary["latency_us"]["min"] <= summary["latency_us"]["p50"] <= summary["latency_us"]["max"]
+    print(f"peak open {summary['connections']['peak_open']}, {summary['messages_per_s']:.0f} msg/s, "
+          f"connect {summary['connect_s']:.1f} s, message phase {summary['elapsed_s']:.1f} s")
