@@ -109,6 +109,16 @@ def test_worker_tallies_add_up_at_the_master_and_make_the_summary() -> None:
     assert s["ok"] is False and s["latency_precision"]
 
 
+def test_summary_says_when_locust_started_more_connections_than_users() -> None:
+    tally = EchoTally()
+    for i in range(5):
+        tally.connected(1.0, 2.0)
+    tally.completed = tally.finished = 5
+    s = build_summary(tally, host="h", port=7, requested=4, peak_open=5, processes=2, count=1, message_bytes=1)
+    assert s["connections"]["requested"] == 5 and s["connections"]["failed"] == 0 and s["locust_users"] == 4
+    assert "lost" in s["note"]
+
+
 def test_summary_goes_beside_the_csv_files() -> None:
     assert default_summary_path("out/run") == Path("out/summary.json")
     assert default_summary_path("run") == Path("summary.json")

@@ -207,8 +207,10 @@ def _finish_if_all_done(environment: Environment) -> None:
     runner = environment.runner
     if runner is None or isinstance(runner, WorkerRunner) or RUN.finishing:
         return
-    done = RUN.merger.total.finished if isinstance(runner, MasterRunner) else RUN.tally.finished
-    if runner.target_user_count <= 0 or done < runner.target_user_count:
+    tally = RUN.merger.total if isinstance(runner, MasterRunner) else RUN.tally
+    done = tally.finished
+    # every user asked for, and every connection started (more when Locust restarted a lost worker's users)
+    if runner.target_user_count <= 0 or done < max(runner.target_user_count, tally.attempted):
         return
     RUN.finishing = True
     log.info("c10k: all %d connections finished", done)

@@ -27,6 +27,11 @@ def build_summary(tally: EchoTally, *, host: str, port: int, requested: int, pea
     completed when it did all its echoes, or with ``count`` 0 when it was still
     echoing without error at the end.
     """
+    users = requested
+    # Locust starts a lost worker's users again on the others (a worker is lost after 3 s
+    # without a heartbeat, usually because it is overloaded): then more connections were
+    # attempted than users asked for, and the attempts are what was requested of the server.
+    requested = max(users, tally.attempted)
     errors = dict(tally.errors)
     not_started = requested - tally.attempted
     if not_started > 0:
@@ -54,10 +59,14 @@ def build_summary(tally: EchoTally, *, host: str, port: int, requested: int, pea
         "latency_relative_error": RELATIVE_ERROR,
         "ok": bool(completed == requested and not errors and tally.mismatched == 0),
         "tool": "locust",
+        "locust_users": users,
         "processes": processes,
         "count": count,
         "message_bytes": message_bytes,
     }
+    if requested > users:
+        summary["note"] = (f"{requested} connections for {users} Locust users: a worker was lost (no heartbeat "
+                           f"for 3 s, usually overloaded) and Locust started its users again on the others")
     return summary
 
 
