@@ -111,7 +111,7 @@ def test_worker_tallies_add_up_at_the_master_and_make_the_summary() -> None:
 
 def test_summary_says_when_locust_started_more_connections_than_users() -> None:
     tally = EchoTally()
-    for i in range(5):
+    for _ in range(5):
         tally.connected(1.0, 2.0)
     tally.completed = tally.finished = 5
     s = build_summary(tally, host="h", port=7, requested=4, peak_open=5, processes=2, count=1, message_bytes=1)

@@ -8,7 +8,7 @@ compares it byte for byte and fires an ``echo`` request with its round trip in
 milliseconds; after ``--count`` echoes it closes and stops, as ``c10k load -n``
 does. A mismatch, reset, early close or timeout is a failure whose text is the
 reason, with the words ``c10k load`` uses (``mismatch``, ``ECONNRESET``,
-``closed_early``, ``timeout``, ``ECONNREFUSED``...).
+``closed_early``, ``timeout``, ``ECONNREFUSED``, ``connect_timeout``...).
 
 The run ends by itself once every user has finished (or at ``-t``). The master
 (or the single process) then writes a c10k ``summary.json`` next to Locust's
@@ -110,7 +110,8 @@ class EchoUser(User):
         except OSError as exc:
             sock.close()
             tally.attempted += 1
-            self._fail(fire, "connect", _reason(exc), t0)
+            reason = _reason(exc)
+            self._fail(fire, "connect", "connect_timeout" if reason == "timeout" else reason, t0)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         tally.connected(wall, time.time())
