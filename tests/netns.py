@@ -61,6 +61,8 @@ class Hosts:
         self.remove()
 
     def _add_netns(self, ns: str) -> None:
+        # a namespace of this name can only be left over by an earlier test process with our pid
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         _ip("netns", "add", ns)
         self.made.append(ns)
         _ip("-n", ns, "link", "set", "lo", "up")

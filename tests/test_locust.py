@@ -45,6 +45,39 @@ def test_locust_is_installed_and_not_imported_by_the_cli() -> None:
     assert out.stdout.strip() == "[]", out.stderr
 
 
+def c10k_locust(*args: str, code: str = "pass") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", f"import sys; {code}; from c10k.cli import main; "
+                           f"sys.exit(main(sys.argv[1:]))", "locust", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_the_c10k_options_then_locusts() -> None:
+    run = c10k_locust("--help")
+    assert run.returncode == 0, run.stderr
+    c10k_part, _, locust_part = run.stdout.partition("Usage: locust")
+    assert all(f"--{o}" in c10k_part for o in ("message", "size", "count", "think-time", "user-rate",
+                                                "echo-timeout", "c10k-summary"))
+    assert "--expect-workers" in locust_part
+
+
+def test_wrapper_mistakes_are_one_line_errors() -> None:
+    run = c10k_locust("-f", "mine.py")
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "-f" in run.stderr, run.stderr
+    run = c10k_locust("--headless", code="sys.modules['locust'] = None")  # as if Locust were not installed
+    assert run.returncode == 1 and "pip install 'c10k[locust]'" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("args, word", [([], "--host"), (["--host", "tcp://h"], "--host"),
+                                        (["--count", "-1"], "--count"), (["--size", "-2"], "--size")])
+def test_option_mistakes_are_one_line_exit_2_before_any_connection(args, word) -> None:
+    host = [] if "--host" in args or not args else ["--host", "tcp://127.0.0.1:9"]
+    run = c10k_locust("--headless", "-u", "1", "-t", "5s", *host, *args)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert [line for line in run.stderr.splitlines() if "error" in line] == \
+        [line for line in run.stderr.splitlines() if line.startswith("c10k locust: error:") and word in line]
+
+
 # --------------------------------------------------------------------------- pure parts
 
 
