@@ -79,8 +79,7 @@ class _Run:
         self.tally = EchoTally()
         self.merger = TallyMerger()
         self.finishing = False
-        if isinstance(environment.runner, MasterRunner):
-            return
+        # the master has no users but checks the options too (the web UI's form sets them)
         self.options = EchoOptions.parse(environment.host, environment.parsed_options)
 
 
@@ -291,4 +290,7 @@ def _on_test_start(environment: Environment, **_kw: Any) -> None:
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_kw: Any) -> None:
-    _write_summary(environment)
+    # with the web UI the process outlives the test; headless, Locust quits next and the
+    # summary waits for the workers' final reports (the quit listener in _on_init)
+    if environment.web_ui is not None:
+        _write_summary(environment)
