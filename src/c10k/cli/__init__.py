@@ -17,7 +17,7 @@ from c10k.errors import C10kError
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("serve", "load", "study", "doctor")
+SUBCOMMANDS = ("serve", "load", "study", "doctor", "locust")
 
 
 class _Parser(argparse.ArgumentParser):
