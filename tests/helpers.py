@@ -65,10 +65,13 @@ SERVER_CONFIGS: dict[str, list[str]] = {
     "epoll-reuseport": ["epoll", "--balance", "reuseport", "--workers", "2"],
     "asyncio": ["asyncio"],
     "uvloop": ["uvloop"],
+    "uring": ["uring", "--workers", "2"],
+    "uring-reuseport": ["uring", "--balance", "reuseport", "--workers", "2"],
 }
 CONFIG_IDS = list(SERVER_CONFIGS)
 #: Configurations whose connections live in worker processes (children of the server).
-PROCESS_WORKER_CONFIGS = ["epoll", "epoll-reuseport"]
+PROCESS_WORKER_CONFIGS = ["epoll", "epoll-reuseport",
+                          "uring", "uring-reuseport"]
 
 LISTENING_RE = re.compile(r"^listening on \[?(?P<host>[^\s\]]+)\]?:(?P<port>\d+)$")
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)

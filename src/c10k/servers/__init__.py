@@ -23,6 +23,8 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
               "an acceptor handing sockets to N edge-triggered epoll workers (or SO_REUSEPORT)"),
     "asyncio": ("c10k.servers.aio", "AsyncioServer", "an asyncio Protocol server on the standard loop"),
     "uvloop": ("c10k.servers.aio", "UvloopServer", "an asyncio Protocol server on uvloop"),
+    "uring": ("c10k.servers.uring", "uring_server",
+              "epoll's workers, each on an io_uring ring: multishot accept/receive, provided buffers"),
 }
 
 

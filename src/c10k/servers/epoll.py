@@ -32,6 +32,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 from c10k import capacity
 from c10k.errors import C10kError
@@ -57,6 +58,8 @@ from c10k.servers.workers import (
     ThreadPool,
     Worker,
     WorkerPool,
+    WorkerSpec,
+    run_worker,
 )
 
 __all__ = ["HandoffServer", "ReuseportServer", "epoll_server", "connections_per_worker"]
@@ -86,6 +89,8 @@ class EpollPoolServer(Server):
     signal, stop it, merge the counters. Subclasses say how connections reach workers."""
 
     name = "epoll"
+    #: what each worker runs (the uring server runs its own loop in the same pools)
+    worker_main: Callable[[WorkerSpec], int] = staticmethod(run_worker)
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
@@ -167,7 +172,8 @@ class HandoffServer(EpollPoolServer):
     def start(self, listener: socket.socket, ep: select.epoll, inherited: list[Closable]) -> WorkerPool:
         ep.register(listener.fileno(), select.EPOLLIN)
         pool_class = ThreadPool if self.threads else ProcessPool
-        self.pool = pool_class(self.config, ep, inherited=[*inherited, listener, self.reserve])
+        self.pool = pool_class(self.config, ep, inherited=[*inherited, listener, self.reserve],
+                               main=self.worker_main)
         for _ in range(self.config.workers):
             self.pool.spawn()
         return self.pool
@@ -268,7 +274,8 @@ class ReuseportServer(EpollPoolServer):
         return open_listener(self.config, join_port=self.port)
 
     def start(self, listener: socket.socket, ep: select.epoll, inherited: list[Closable]) -> WorkerPool:
-        pool = ProcessPool(self.config, ep, inherited, live=self.live, new_listener=self._join)
+        pool = ProcessPool(self.config, ep, inherited, live=self.live, new_listener=self._join,
+                           main=self.worker_main)
         pool.spawn(listener)
         for _ in range(self.config.workers - 1):
             pool.spawn()

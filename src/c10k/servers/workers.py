@@ -33,7 +33,7 @@ from c10k import capacity
 from c10k.servers.base import ServerConfig, ShutdownSignal, Stats, log, stop_deadline
 from c10k.servers.pollers import EpollPoller
 from c10k.servers.reactor import Conn, Reactor
-from c10k.servers.refusals import Refusal
+from c10k.servers.refusals import Refusal, Refusals
 
 __all__ = ["Slots", "WorkerSpec", "Worker", "WorkerPool", "ProcessPool", "ThreadPool", "SharedCount", "Closable"]
 
@@ -86,6 +86,21 @@ class SharedCount:
     def peak(self) -> int:
         return int(self.array[1])
 
+    def take(self, refusals: Refusals) -> bool:
+        """Count one more live connection, unless --max-connections is reached (then the refusal is counted)."""
+        counts = self.array
+        with counts.get_lock():
+            if refusals.full(counts[0]):
+                return False
+            counts[0] += 1
+            if counts[0] > counts[1]:
+                counts[1] = counts[0]
+        return True
+
+    def release(self) -> None:
+        with self.array.get_lock():
+            self.array[0] -= 1
+
 
 class SharedCountReactor(Reactor):
     """A reuseport worker: --max-connections and peak_concurrent are the server's, not one worker's."""
@@ -93,19 +108,11 @@ class SharedCountReactor(Reactor):
     live: SharedCount
 
     def admit(self, fd: int) -> bool:
-        counts = self.live.array
-        with counts.get_lock():
-            if self.refusals.full(counts[0]):
-                return False
-            counts[0] += 1
-            if counts[0] > counts[1]:
-                counts[1] = counts[0]
-        return True
+        return self.live.take(self.refusals)
 
     def _close(self, conn: Conn) -> None:
         if conn.fd in self.conns:
-            with self.live.array.get_lock():
-                self.live.array[0] -= 1
+            self.live.release()
         super()._close(conn)
 
 
@@ -196,14 +203,18 @@ class WorkerPool:
         inherited: the parent's own descriptors, which a forked worker closes first.
         live: reuseport's server-wide connection count, or None.
         new_listener: reuseport: a fresh listener of the group for a worker.
+        main: what a worker runs (the epoll Reactor's ``run_worker``, or another
+            architecture's loop over the same spec, as uring.py's).
     """
 
     #: the workers share the parent's descriptor table (threads)
     shares_descriptors = False
 
     def __init__(self, config: ServerConfig, ep: select.epoll, inherited: list[Closable],
-                 live: SharedCount | None = None, new_listener: Callable[[], socket.socket] | None = None) -> None:
+                 live: SharedCount | None = None, new_listener: Callable[[], socket.socket] | None = None,
+                 main: Callable[[WorkerSpec], int] = run_worker) -> None:
         self.config = config
+        self.main = main
         self.ep = ep
         self.live = live
         self.new_listener = new_listener
@@ -333,7 +344,7 @@ class ThreadPool(WorkerPool):
     shares_descriptors = True
 
     def _start(self, spec: WorkerSpec, ours: socket.socket) -> int | None:
-        threading.Thread(target=run_worker, args=(spec,), name=f"worker-{spec.index}", daemon=True).start()
+        threading.Thread(target=self.main, args=(spec,), name=f"worker-{spec.index}", daemon=True).start()
         return None
 
 
@@ -347,7 +358,7 @@ class ProcessPool(WorkerPool):
             try:
                 ours.close()
                 self._forget_parent(spec)
-                code = run_worker(spec)
+                code = self.main(spec)
             except BaseException:
                 traceback.print_exc()
             finally:
