@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from c10k.capacity import KERNEL_BYTES_PER_SOCKET, ports_per_source
     from c10k.limits import machine_limits
+    from c10k.servers.uring_sys import available as uring_available
     from c10k.study.capacity import plan_capacity
     from c10k.topology import probe_line
 
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     facts.add_row("CPUs", str(lim.cpus), "worker processes worth running")
     console.print(facts)
     console.print(probe_line(), soft_wrap=True)  # off loopback: c10k.topology tries a namespace for real
+    console.print(f"io_uring: {uring_available() or 'works here (c10k serve uring)'}", soft_wrap=True)
 
     n = args.connections
     console.print()

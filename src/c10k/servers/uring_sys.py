@@ -23,7 +23,6 @@ import mmap
 import os
 import platform
 import struct
-from collections.abc import Iterator
 
 __all__ = ["Ring", "BufferRing", "UringUnavailable", "available", "Completion",
            "OP_NOP", "OP_POLL_ADD", "OP_ACCEPT", "OP_ASYNC_CANCEL", "OP_SEND", "OP_RECV",
@@ -69,6 +68,8 @@ _PARAMS = struct.Struct("10I 8IQ 8IQ")
 # struct io_uring_sqe (64 bytes): opcode, flags, ioprio, fd, off, addr, len, op_flags,
 # user_data, buf_group, personality, splice_fd_in, addr3, pad
 SQE = struct.Struct("BBHiQQIIQHHiQQ")
+_SEND = struct.Struct("BBHiQQIIQ")  # the same entry's first 40 bytes
+MSG_NOSIGNAL = 0x4000
 # struct io_uring_cqe (16 bytes): user_data, res, flags
 CQE = struct.Struct("QiI")
 # struct io_uring_getevents_arg: sigmask, sigmask_sz, min_wait_usec, ts
@@ -185,6 +186,19 @@ class Ring:
         self._sq_tail = (tail + 1) & 0xFFFFFFFF
         self._to_submit += 1
 
+    def send(self, fd: int, addr: int, n: int, user_data: int) -> None:
+        """Queue a send of ``n`` bytes at ``addr`` (MSG_NOSIGNAL): ``prep`` for the hot path.
+
+        Only the entry's first 40 bytes are written: every entry this layer
+        writes leaves the rest zero (buffer group 0), so the rest is zero already.
+        """
+        if self._to_submit >= self.sq_entries:
+            self.enter(0)
+        tail = self._sq_tail
+        _SEND.pack_into(self._sqes, (tail & self._sq_mask) << 6, OP_SEND, 0, 0, fd, 0, addr, n, MSG_NOSIGNAL, user_data)
+        self._sq_tail = (tail + 1) & 0xFFFFFFFF
+        self._to_submit += 1
+
     @property
     def queued(self) -> int:
         """Entries queued and not yet submitted."""
@@ -229,32 +243,33 @@ class Ring:
 
     # -- completion ----------------------------------------------------------
 
-    def completions(self) -> Iterator[Completion]:
-        """Every completion in the queue, oldest first; the queue's head advances as they are read.
+    def completions(self) -> list[Completion]:
+        """Every completion in the queue, oldest first, copied out (their slots are the kernel's again).
 
         Overflowed completions are brought in by entering the kernel again, so a
-        caller that reads to the end has seen everything that completed.
+        caller has seen everything that completed.
         """
         u32 = self._cq_u32
+        got: list[Completion] = []
         for _ in range(64):
             head = u32[self._cq_head_at]
             tail = u32[self._cq_tail_at]
             if head == tail:
                 if not self.needs_flush():
-                    return
+                    break
                 self.enter(0)  # GETEVENTS: move overflowed completions into the queue
                 continue
             mask = self._cq_mask
             start, end = head & mask, tail & mask
             cqes = self._cqes
             if start < end:
-                yield from CQE.iter_unpack(cqes[start * 16: end * 16])
+                got += CQE.iter_unpack(cqes[start * 16: end * 16])
             else:  # wrapped around the end of the array
-                yield from CQE.iter_unpack(cqes[start * 16:])
+                got += CQE.iter_unpack(cqes[start * 16:])
                 if end:
-                    yield from CQE.iter_unpack(cqes[: end * 16])
+                    got += CQE.iter_unpack(cqes[: end * 16])
             u32[self._cq_head_at] = tail
-        return
+        return got
 
     def overflowed(self) -> int:
         """Completions the kernel had to drop (zero with FEAT_NODROP unless memory ran out)."""
@@ -311,6 +326,16 @@ class BufferRing:
         """Hand buffer ``bid`` back to the kernel (visible after ``publish``)."""
         _BUF.pack_into(self._entries, (self.tail & self.mask) * 16, self.base + bid * self.size, self.size, bid)
         self.tail = (self.tail + 1) & 0xFFFF
+
+    def give_all(self, bids: list[int]) -> None:
+        """Hand these buffers back and publish them at once."""
+        tail, mask, entries, base, size = self.tail, self.mask, self._entries, self.base, self.size
+        pack = _BUF.pack_into
+        for bid in bids:
+            pack(entries, (tail & mask) << 4, base + bid * size, size, bid)
+            tail += 1
+        self.tail = tail & 0xFFFF
+        self._tail_view[7] = self.tail
 
     def publish(self) -> None:
         self._tail_view[7] = self.tail  # entry 0's resv field, at byte 14

@@ -96,7 +96,7 @@ def plan_capacity(connections: int, lim: MachineLimits, *, max_workers: int = DE
             most = min(per_process, threads - 16)
             why = fd_why if per_process <= threads - 16 else f"thread limit: {thread_why}"
             why += "; a thread per connection lives in one process"
-        elif server == "epoll":
+        elif server in ("epoll", "uring"):  # uring runs in epoll's hand-off pool
             most = per_process * max_workers
             why = (f"worker processes each hold up to {_n(per_process)} connections; {workers} to start with"
                    f" (--workers {workers}), at most {max_workers} (--max-workers)")

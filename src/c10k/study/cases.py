@@ -89,6 +89,7 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "epoll-threads": ("epoll", ("--worker-mode", "thread")),
     "asyncio": ("asyncio", ()),
     "uvloop": ("uvloop", ()),
+    "uring": ("uring", ()),
 }
 
 ORIGINAL_MESSAGE = "Gary's spamming"
@@ -113,6 +114,7 @@ _ORIGINAL: tuple[tuple[str, int, str], ...] = (
     ("epoll", 100000, "passed"),
 )
 _NEW_SERVERS = ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop")
+_URING_SERVERS = ("uring",)  # issue 12: on the same ladder
 _MERGED_LADDER = (1, 1000, 2000, 10000, 30000, 35000, 40000, 45000, 100000)
 
 # Fixed-rate cases: the same message rate whatever the number of connections,
@@ -142,6 +144,7 @@ _QUICK: tuple[tuple[str, int], ...] = (
     ("epoll-threads", 1000),
     ("asyncio", 1000),
     ("uvloop", 1000),
+    ("uring", 1000),
 )
 
 
@@ -228,7 +231,7 @@ def _numbered(pairs: Iterable[tuple[str, int]], **kw: Any) -> tuple[Case, ...]:
 def seed_matrix() -> Matrix:
     """The original's 12 cases, then the architectures it did not have."""
     cases = [Case(i, s, n, original=o) for i, (s, n, o) in enumerate(_ORIGINAL, start=1)]
-    for server in _NEW_SERVERS:
+    for server in (*_NEW_SERVERS, *_URING_SERVERS):
         for n in _MERGED_LADDER:
             cases.append(Case(len(cases) + 1, server, n))
     _add_scan(cases, _SEED_SCAN)
