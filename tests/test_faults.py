@@ -95,7 +95,7 @@ def _nofile_128():
 def test_1_descriptor_exhaustion(serve, config, rng):
     """RLIMIT_NOFILE 128 and 300 clients: the server stays up, uses < 20% CPU while it cannot
     accept (no busy loop), and serves a new client within 1 s once the load drops (SERVED_WITHIN)."""
-    extra = ["--max-workers", "2"] if config == "epoll" else []  # no growing out of the limit
+    extra = ["--max-workers", "2"] if config in ("epoll", "uring") else []  # no growing out of the limit
     server = serve.config(config, *extra, preexec_fn=_nofile_128)
     rest = server.socket_count()
     assert _serves(server.address)
