@@ -30,6 +30,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from c10k.limits import nofile_limits
 from c10k.servers.base import (
@@ -44,7 +45,7 @@ from c10k.servers.echo import EchoBuffer
 from c10k.servers.pollers import ERR, OUT, RDHUP, READ_EVENTS, Poller
 from c10k.servers.refusals import Refusals
 
-__all__ = ["Reactor", "Conn"]
+__all__ = ["Reactor", "Conn", "shut_write", "closed", "tick", "done", "finish"]
 
 READ_SIZE = 65536
 
@@ -65,6 +66,64 @@ class Conn:
         self.state = OPEN
         self.reading = True  # what the poller was last told
         self.writing = False
+
+
+def shut_write(fd: int) -> bool:
+    """Send EOF on a connection's write side; False if the connection is gone."""
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+        s.shutdown(socket.SHUT_WR)
+        s.detach()
+    except OSError:
+        return False
+    return True
+
+
+def closed(fd: int, stats: Stats, on_close: Callable[[int], None] | None) -> None:
+    """Close a connection's descriptor and count it (its loop has forgotten it)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    stats.closed += 1
+    if on_close:
+        on_close(stats.closed)
+
+
+def tick(loop: Any, now: float) -> None:
+    """Once a second: close idle connections, log the refusal bursts that ended, publish the counters."""
+    idle = loop.config.idle_timeout
+    if idle:
+        for conn in [c for c in loop.conns.values() if c.last < now - idle]:
+            loop._close(conn)
+            loop.stats.closed_idle += 1
+    loop.refusals.tick(now)
+    if loop.on_change:
+        loop.on_change()
+
+
+def done(loop: Any, now: float) -> bool:
+    """At the end of a pass of a loop that is stopping or asked to: True when it is done.
+
+    A shutdown signal begins the stop (``loop._begin_stop``); a stopping loop is
+    done once its connections are gone or its deadline has come.
+    """
+    if loop.stopping:
+        return not loop.conns or now >= loop.deadline
+    loop._begin_stop(stop_deadline(loop.config.shutdown_timeout, now))
+    return not loop.conns
+
+
+def finish(loop: Any) -> None:
+    """A loop has stopped: close what is left, log the last refusals, publish the counters."""
+    for conn in list(loop.conns.values()):
+        loop._close(conn)
+    loop.refusals.flush()
+    loop.reserve.close()
+    if loop.listener is not None:
+        loop.listener.close()
+    if loop.on_change:
+        loop.on_change()
 
 
 class Reactor:
@@ -149,7 +208,6 @@ class Reactor:
         write = os.write
         edge = self.poller.edge_triggered
         stats = self.stats
-        idle = self.config.idle_timeout
         next_tick = self.now + 1.0
         while turns:
             turns -= 1
@@ -196,18 +254,9 @@ class Reactor:
             stats.bytes_echoed += echoed
             if now >= next_tick:
                 next_tick = now + 1.0
-                if idle:
-                    self._close_idle(now - idle)
-                self.refusals.tick(now)
-                if self.on_change:
-                    self.on_change()
-            if self.stopping:
-                if not conns or now >= self.deadline:
-                    break
-            elif self.shutdown is not None and self.shutdown.requested:
-                self._begin_stop(stop_deadline(self.config.shutdown_timeout, now))
-                if not conns:
-                    break
+                tick(self, now)
+            if (self.stopping or self.shutdown is not None and self.shutdown.requested) and done(self, now):
+                break
         else:
             return  # the turns asked for are done
         self._finish()
@@ -347,11 +396,7 @@ class Reactor:
         Closing instead would make the kernel answer the client's next bytes
         with a reset, and a reset destroys echoes still unread on its side.
         """
-        try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
-            s.shutdown(socket.SHUT_WR)
-            s.detach()
-        except OSError:
+        if not shut_write(conn.fd):
             self._close(conn)
             return
         conn.state = DRAINING
@@ -362,18 +407,8 @@ class Reactor:
         if self.conns.pop(conn.fd, None) is None:
             return
         self.poller.remove(conn.fd)
-        try:
-            os.close(conn.fd)
-        except OSError:
-            pass
-        self.stats.closed += 1
-        if self.on_close:
-            self.on_close(self.stats.closed)
+        closed(conn.fd, self.stats, self.on_close)
 
-    def _close_idle(self, cutoff: float) -> None:
-        for conn in [c for c in self.conns.values() if c.last < cutoff]:
-            self._close(conn)
-            self.stats.closed_idle += 1
 
     def _begin_stop(self, deadline: float) -> None:
         """Stop accepting and reading; owed echoes go out, then EOF, then drain."""
@@ -394,12 +429,5 @@ class Reactor:
                     self._interest(conn)
 
     def _finish(self) -> None:
-        for conn in list(self.conns.values()):
-            self._close(conn)
-        self.refusals.flush()
-        self.reserve.close()
-        if self.listener is not None:
-            self.listener.close()
-        if self.on_change:
-            self.on_change()
+        finish(self)
         self.poller.close()

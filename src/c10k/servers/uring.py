@@ -45,9 +45,10 @@ from collections.abc import Callable
 
 from c10k.errors import C10kError
 from c10k.limits import nofile_limits
-from c10k.servers.base import DescriptorReserve, Server, ServerConfig, ShutdownSignal, Stats, stop_deadline
+from c10k.servers.base import DescriptorReserve, Server, ServerConfig, ShutdownSignal, Stats
 from c10k.servers.echo import EchoBuffer
 from c10k.servers.epoll import HandoffServer, ReuseportServer
+from c10k.servers.reactor import closed, done, finish, shut_write, tick
 from c10k.servers.refusals import Refusals
 from c10k.servers.uring_sys import (
     BUFFER_SHIFT,
@@ -241,7 +242,6 @@ class UringLoop:
         send = ring.send
         base, size = bufs.base, bufs.size
         memory = bufs.memory
-        idle = self.config.idle_timeout
         stats = self.stats
         next_tick = self.now + 1.0
         wait = 1
@@ -315,20 +315,11 @@ class UringLoop:
                     self._arm_accept()
             if now >= next_tick:
                 next_tick = now + 1.0
-                if idle:
-                    self._close_idle(now - idle)
                 if self.starved:
                     self._rearm_starved()
-                self.refusals.tick(now)
-                if self.on_change:
-                    self.on_change()
-            if self.stopping:
-                if not conns or now >= self.deadline:
-                    break
-            elif self.shutdown is not None and self.shutdown.requested:
-                self._begin_stop(stop_deadline(self.config.shutdown_timeout, now))
-                if not conns:
-                    break
+                tick(self, now)
+            if (self.stopping or self.shutdown is not None and self.shutdown.requested) and done(self, now):
+                break
         else:
             return False
         return True
@@ -426,11 +417,7 @@ class UringLoop:
 
     def _shut_write(self, conn: Conn) -> None:
         """Everything owed is sent: EOF to the client, then discard what it sends until its EOF."""
-        try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
-            s.shutdown(socket.SHUT_WR)
-            s.detach()
-        except OSError:
+        if not shut_write(conn.fd):
             self._close(conn)
             return
         conn.state = DRAINING
@@ -445,20 +432,9 @@ class UringLoop:
             self._cancel(conn.cid << 24 | RECV)
         if conn.sending:
             self._cancel(conn.cid << 24 | conn.send_bid << 8 | SEND)
-        try:
-            os.close(conn.fd)  # the socket closes when its cancelled requests end
-        except OSError:
-            pass
         if self.live is not None:
             self.live.release()
-        self.stats.closed += 1
-        if self.on_close:
-            self.on_close(self.stats.closed)
-
-    def _close_idle(self, cutoff: float) -> None:
-        for conn in [c for c in self.conns.values() if c.last < cutoff]:
-            self._close(conn)
-            self.stats.closed_idle += 1
+        closed(conn.fd, self.stats, self.on_close)  # the socket closes when its cancelled requests end
 
     def _begin_stop(self, deadline: float) -> None:
         """Stop accepting and reading; owed echoes go out, then EOF, then drain."""
@@ -477,14 +453,7 @@ class UringLoop:
                     self._shut_write(conn)
 
     def _finish(self) -> None:
-        for conn in list(self.conns.values()):
-            self._close(conn)
-        self.refusals.flush()
-        self.reserve.close()
-        if self.listener is not None:
-            self.listener.close()
-        if self.on_change:
-            self.on_change()
+        finish(self)
         # Closing the ring cancels what is still armed and lets go of its sockets.
         self.ring.enter(0)
         self.bufs.close()
