@@ -62,8 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="which cases to run (default: seed)")
     p.add_argument("--servers", metavar="NAME[,NAME...]",
                    help="run only these servers' cases (comma-separated)")
-    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
-                   help="where the report goes (default: results/)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="where the report goes (default: a new folder results/MATRIX-DATE-TIME/)")
     p.add_argument("--messages", type=int, metavar="N",
                    help="messages per connection, overriding the matrix's")
     p.add_argument("--force", action="store_true",
@@ -205,6 +205,15 @@ def _positive(name: str, value: int | None) -> None:
         raise UsageError(f"{name} must be at least 1")
 
 
+def _out_dir(args: argparse.Namespace, name: str) -> Path:
+    """--out, checked and made ready; by default a new dated folder, so no run replaces another's."""
+    from c10k.study.outdir import default_out, prepare_out_dir
+
+    out: Path = args.out if args.out is not None else default_out(name)
+    prepare_out_dir(out, force=args.force)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -213,17 +222,12 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("--messages", args.messages), ("--start", args.start),
                         ("--max", args.max_connections), ("--step", args.step)):
         _positive(name, value)
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
     if args.report_only:
-        return _report_only(out)
+        if args.out is None:
+            raise UsageError("--report-only needs --out DIR, the folder of the study's results.json")
+        return _report_only(args.out)
     if args.list and args.find_limit:
         raise UsageError("--list lists a matrix's cases; --find-limit has none to list")
-    if not args.list:
-        from c10k.study.outdir import prepare_out_dir
-
-        prepare_out_dir(out, force=args.force)
     # SIGTERM and SIGHUP stop the study like Ctrl-C, so the running case's
     # server and load (in their own sessions) are stopped too, not orphaned.
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -235,11 +239,13 @@ def run(args: argparse.Namespace) -> int:
                              f"(known: {', '.join(SERVERS)})")
         if args.start > args.max_connections:
             raise UsageError("--start must not exceed --max")
+        topology = _topology(args, None)
+        out = _out_dir(args, f"find-limit-{args.find_limit}")
         print(f"c10k study: raising {args.find_limit} from {args.start:,} up to {args.max_connections:,} "
               f"connections; report in {out}/", flush=True)
         progress = _Progress(0, f"find-limit {args.find_limit}")
         try:
-            with _topology(args, None) as commands:
+            with topology as commands:
                 _say_stale(commands)
                 study = find_limit(args.find_limit, out, start=args.start, max_connections=args.max_connections,
                                    step=args.step, messages=args.messages or 100, commands=commands,
@@ -267,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"matrix {matrix.name}: {len(matrix.cases)} cases, about {about} on this machine")
             return 0
         topology = _topology(args, matrix)
+        out = _out_dir(args, matrix.name)
         print(f"c10k study: matrix {matrix.name}, {len(matrix.cases)} cases, about {about}; report in {out}/",
               flush=True)
         progress = _Progress(len(matrix.cases), f"study {matrix.name}")
