@@ -91,8 +91,12 @@ class NetnsCommands(Commands):
 
 
 @contextmanager
-def netns_commands(clients: int = 2, link: Link | None = None, **kw: Any) -> Iterator[NetnsCommands]:
+def netns_commands(clients: int = 2, link: Link | None = None, any_delay: bool = False,
+                   **kw: Any) -> Iterator[NetnsCommands]:
     """A server host and ``clients`` client hosts for the length of the block; all removed after it.
+
+    ``any_delay``: some case will ask for a delay or loss, so the run needs
+    netem or, without it, the userspace delay line (pinned to the clients' CPU).
 
     Raises:
         UsageError: the machine cannot do it (not root, no iproute2, no netem for a delay).
@@ -100,7 +104,7 @@ def netns_commands(clients: int = 2, link: Link | None = None, **kw: Any) -> Ite
     """
     link = link or Link()
     server_cpu, client_cpu = _cpus()
-    with Topology.create(clients, link) as topo:
+    with Topology.create(clients, link, any_delay=any_delay, line_cpu=client_cpu) as topo:
         cmds = NetnsCommands(host=topo.plan.server.address, topo=topo, default_link=link,
                              server_cpu=server_cpu, client_cpu=client_cpu, **kw)
         yield cmds

@@ -13,7 +13,7 @@ load spread over the client hosts.
 """
 
 from c10k.topology.link import Link, parse_link
-from c10k.topology.netns import Topology, check_can_run, probe, probe_line, remove_stale, require_netem
+from c10k.topology.netns import Topology, check_can_run, probe, probe_line, remove_stale, require_delay
 from c10k.topology.plan import MAX_CLIENTS, Host, HostPlan, plan_hosts
 
 __all__ = [
@@ -28,5 +28,5 @@ __all__ = [
     "probe",
     "probe_line",
     "remove_stale",
-    "require_netem",
+    "require_delay",
 ]
