@@ -1,6 +1,7 @@
 """The report's network parts: which network a study used, and how a round trip changes the results.
 
-``network_line`` says loopback or namespaces (addresses, CPUs, link).
+``network_line`` says loopback or namespaces (addresses, CPUs, link, and
+what carried the link: netem on veth pairs, or the userspace delay line).
 ``rtt_chart`` draws messages/s and p99 against the round-trip time the link
 added, per architecture, one column per connection count (the ``wan``
 matrix). ``rtt_notes`` puts the closed loop's arithmetic next to it: a
@@ -43,7 +44,14 @@ def network_line(topology: dict[str, Any]) -> str:
     link = (topology.get("link") or {}).get("spec") or "none"
     ports = topology.get("client_port_range")
     ports_text = f" ephemeral ports {ports[0]}–{ports[1]} per client host;" if ports else ""
-    return (f"Network: network namespaces on a bridge: server {topology.get('server')}, "
+    if topology.get("link_carrier") == "userspace delay line":
+        line_cpu = topology.get("delay_line_cpu")
+        on = f"on CPU {line_cpu}" if line_cpu is not None else "unpinned"
+        where = ("network namespaces joined by a userspace delay line (one process forwarding the hosts' "
+                 f"TAP frames after the link's delay, {on}; every case crossed it, 0 ms ones too)")
+    else:
+        where = "network namespaces on a bridge (links by netem/tbf)"
+    return (f"Network: {where}: server {topology.get('server')}, "
             f"{len(clients)} client host(s) {', '.join(clients)};{cpu}{ports_text} link {link!r} each way "
             "(a case's own link, if it has one, instead).")
 

@@ -81,6 +81,7 @@ class Schedule:
         self._busy_until: dict[tuple[int, int], float] = {}
         self.queued = 0
         self.dropped = 0
+        self.forwarded = 0
         self.set_link(link)
 
     def set_link(self, link: Link) -> None:
@@ -103,15 +104,16 @@ class Schedule:
         queue = self.queues.get(key)
         if queue is None:
             queue = self.queues[key] = deque()
-        elif queue and queue[-1][0] > due:
-            due = queue[-1][0]  # never overtake the frame ahead (jitter keeps order)
         if self._seconds_per_bit:
+            # after the frame ahead has left (which also keeps the order)
             start = max(due, self._busy_until.get(key, 0.0))
             if start - due > RATE_QUEUE_S:
                 self.dropped += 1
                 return False
             due = start + len(frame) * 8 * self._seconds_per_bit  # leaves once serialized
             self._busy_until[key] = due
+        elif queue and queue[-1][0] > due:
+            due = queue[-1][0]  # never overtake the frame ahead (jitter keeps order)
         queue.append((due, frame))
         self.queued += 1
         return True
@@ -123,6 +125,7 @@ class Schedule:
             while queue and queue[0][0] <= now:
                 out.append((dst, queue.popleft()[1]))
         self.queued -= len(out)
+        self.forwarded += len(out)
         return out
 
     def next_due(self) -> float | None:
@@ -202,7 +205,8 @@ def serve(taps: Sequence[int], control: int, schedule: Schedule) -> None:
 
     A learning switch: a frame goes to the port its destination MAC was last
     seen on, else (broadcast, ARP, not yet seen) to every other port. Each
-    control line is a link spec to apply; the reply is ``ok`` or the error.
+    control line is a link spec to apply (the reply: ``ok`` or the error) or
+    ``stats`` (the reply: ``stats FORWARDED DROPPED``, frame counts so far).
     """
     timer = _Timer()
     epoll = select.epoll()
@@ -254,6 +258,9 @@ def _obey(control: int, schedule: Schedule) -> bool:
     if not data:
         return False
     for line in data.decode().splitlines():
+        if line == "stats":
+            os.write(1, f"stats {schedule.forwarded} {schedule.dropped}\n".encode())
+            continue
         try:
             schedule.set_link(parse_link(line))
             os.write(1, b"ok\n")
@@ -307,21 +314,34 @@ class DelayLineProcess:
             raise
         return line
 
-    def _expect(self, word: str, timeout_s: float) -> None:
+    def _expect(self, word: str, timeout_s: float) -> list[str]:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
-        reply = os.read(self.proc.stdout.fileno(), 4096).decode().strip() if ready else ""
-        if reply != word:
-            why = reply or ("exited" if self.proc.poll() is not None else f"no answer in {timeout_s:g} s")
+        reply = os.read(self.proc.stdout.fileno(), 4096).decode().split() if ready else []
+        if reply[:1] != [word]:
+            why = " ".join(reply) or ("exited" if self.proc.poll() is not None else f"no answer in {timeout_s:g} s")
             raise C10kError(f"userspace delay line: {why}")
+        return reply[1:]
 
-    def set_link(self, link: Link, timeout_s: float = 10.0) -> None:
+    def _ask(self, line: str, word: str, timeout_s: float) -> list[str]:
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(f"{link.spec}\n".encode())
+            self.proc.stdin.write(f"{line}\n".encode())
         except BrokenPipeError:
             raise C10kError("userspace delay line: it is gone") from None
-        self._expect("ok", timeout_s)
+        return self._expect(word, timeout_s)
+
+    def set_link(self, link: Link, timeout_s: float = 10.0) -> None:
+        self._ask(link.spec, "ok", timeout_s)
+
+    def stats(self, timeout_s: float = 10.0) -> dict[str, int]:
+        """Frames forwarded and dropped so far, and the line's CPU time (ns of user + system)."""
+        forwarded, dropped = self._ask("stats", "stats", timeout_s)
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime: the kernel work done on its writes too
+        return {"forwarded": int(forwarded), "dropped": int(dropped),
+                "cpu_ns": ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")}
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Close its pipe (it exits, and its TAPs go); kill it if it does not."""
