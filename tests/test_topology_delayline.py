@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from c10k.errors import UsageError
 from c10k.topology import Topology, parse_link
-from c10k.topology.delayline import RATE_QUEUE_S, Schedule, tap_available
+from c10k.topology.delayline import RATE_QUEUE_S, Schedule, serve, tap_available
 from c10k.topology.netns import choose_carrier, enter_namespace, list_links, list_namespaces, remove_stale, wait_gone
 from c10k.topology.plan import run_id_of
 
@@ -108,6 +108,47 @@ def test_a_new_link_applies_to_later_frames_only() -> None:
     s.admit(0.001, 1, 0, b"new")  # waits behind the old one: order kept
     assert s.pop_due(0.002) == []
     assert s.pop_due(0.025) == [(0, b"old"), (0, b"new")]
+
+
+def mac(n: int) -> bytes:
+    return bytes([2, 0, 0, 0, 0, n])
+
+
+def frame(dst: bytes, src: bytes, body: bytes) -> bytes:
+    return dst + src + b"\x08\x00" + body
+
+
+def test_the_line_floods_unknown_destinations_then_forwards_to_the_learned_port() -> None:
+    # Datagram socket pairs stand in for TAPs: one read is one frame, as on a TAP.
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(3)]
+    for line_end, _ in pairs:
+        line_end.setblocking(False)
+    control_r, control_w = os.pipe()
+    thread = threading.Thread(target=serve, args=([a.fileno() for a, _ in pairs], control_r,
+                                                  Schedule(parse_link("delay 1ms"))), daemon=True)
+    thread.start()
+    hosts = [b for _, b in pairs]
+    for h in hosts:
+        h.settimeout(10)
+    try:
+        hosts[1].send(frame(b"\xff" * 6, mac(1), b"who has the server"))  # broadcast: everyone else
+        assert hosts[0].recv(100).endswith(b"who has the server")
+        assert hosts[2].recv(100).endswith(b"who has the server")
+        hosts[0].send(frame(mac(1), mac(0), b"to client 1"))  # learned: port 1 only
+        assert hosts[1].recv(100).endswith(b"to client 1")
+        hosts[2].send(frame(mac(0), mac(2), b"to the server"))
+        assert hosts[0].recv(100).endswith(b"to the server")
+        hosts[2].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            hosts[2].recv(100)  # client 2 got nothing meant for client 1
+    finally:
+        os.close(control_w)  # the line ends when its control pipe closes
+        thread.join(10)
+        os.close(control_r)
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize(("env", "needs", "want"), [("userspace", False, "userspace"), ("netem", True, "netem"),

@@ -7,7 +7,9 @@ sampler still sees its process tree), and the load is one
 ``c10k.topology.clientload`` run spread over the client hosts, pinned to CPU 1.
 On two cores the server and the clients then stop sharing a CPU, as on
 separate machines. A case's link (its own, else ``--link``) is put on the
-client hosts' veths right before its server starts.
+client hosts' veths (or handed to the userspace delay line, which then runs
+pinned to the clients' CPU, so that the server's CPU stays the server's)
+right before its server starts.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ Public API::
         print(topo.plan.server.address, [h.address for h in topo.plan.clients])
 
 ``plan.py`` (names, addresses) and ``link.py`` (link specs -> tc commands) are
-pure; ``netns.py`` runs ``ip`` and ``tc`` (root); ``clientload.py`` runs one
-load spread over the client hosts.
+pure; ``netns.py`` runs ``ip`` and ``tc`` (root); ``delayline.py`` carries
+delay and loss in userspace where the kernel has no netem; ``clientload.py``
+runs one load spread over the client hosts.
 """
 
 from c10k.topology.link import Link, parse_link
