@@ -6,7 +6,8 @@ pinned to the clients' CPU 1; the line pinned to the server's CPU 0), makes
 one server host and one client host, runs ``c10k serve epoll`` in the server
 host pinned to CPU 0 and ``c10k load`` in the client host pinned to CPU 1 (a
 closed loop, no added delay), and reads the line's frame counters and CPU time
-(user + system: the hosts' kernels do their receive work on its writes). Saves
+(user + system: the hosts' kernels do their receive work on its writes), and
+the server's CPU time (its whole life, so a little over the load's). Saves
 bench/results/delay_line.json.
 
     sudo python bench/bench_delay_line.py [--rounds 3] [--connections 1000] [--count 200]
@@ -72,8 +73,12 @@ def one(carrier: str, cpu: int | None, connections: int, count: int) -> dict:
             summary = json.loads((Path(out) / "summary.json").read_text())
         finally:
             serve.terminate()
-            serve.wait(30)
-    row = {"messages_per_s": summary["messages_per_s"], "p99_us": summary["latency_us"]["p99"], "wall_s": wall}
+            # ip netns exec and taskset both exec: the pid is the server's, and
+            # wait4 gives its CPU time (its worker processes' included)
+            _, _, usage = os.wait4(serve.pid, 0)
+            serve.returncode = 0
+    row = {"messages_per_s": summary["messages_per_s"], "p99_us": summary["latency_us"]["p99"], "wall_s": wall,
+           "server_cpu_share": (usage.ru_utime + usage.ru_stime) / wall}
     if before and after:
         frames = after["forwarded"] - before["forwarded"]
         cpu_ns = after["cpu_ns"] - before["cpu_ns"]
