@@ -7,6 +7,7 @@ very generous one, since this machine is shared.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -272,3 +274,33 @@ def test_a_sigkilled_run_takes_its_line_along_and_the_next_run_removes_the_rest(
         holder.wait(10)
         holder.stdout.close()  # type: ignore[union-attr]
         holder.stdin.close()  # type: ignore[union-attr]
+
+
+DELAYED = """
+name = "line small"
+messages = 10
+[[case]]
+server = "epoll"
+connections = 40
+link = ["none", "delay 10ms"]
+"""
+
+
+@real
+def test_a_study_with_a_delayed_case_runs_every_case_through_the_line(tmp_path: Path) -> None:
+    before = ours()
+    (tmp_path / "m.toml").write_text(DELAYED)
+    env = {**os.environ, "C10K_DELAY": "userspace", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "c10k", "study", "--matrix", str(tmp_path / "m.toml"),
+                           "--topology", "netns", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["topology"]["link_carrier"] == "userspace delay line"
+    plain, delayed = results["cases"]
+    assert plain["status"] == delayed["status"] == "passed", (plain["reason"], delayed["reason"])
+    # one message in flight per connection: no echo can beat the 20 ms round trip
+    assert delayed["summary"]["latency_us"]["p50"] >= 20_000 > plain["summary"]["latency_us"]["p50"]
+    assert "userspace delay line" in (tmp_path / "out" / "REPORT.md").read_text()
+    assert (tmp_path / "out" / "rtt.png").exists()
+    assert wait_gone(sorted(ours() - before)), f"left behind: {sorted(ours() - before)}"
