@@ -210,6 +210,17 @@ def serve(taps: Sequence[int], control: int, schedule: Schedule) -> None:
     """
     timer = _Timer()
     epoll = select.epoll()
+    try:
+        _forward(taps, control, schedule, timer, epoll)
+    finally:
+        epoll.close()
+        os.close(timer.fd)
+
+
+def _forward(taps: Sequence[int], control: int, schedule: Schedule, timer: _Timer, epoll: select.epoll) -> None:
+    # The hot path: every frame between the hosts passes here, so names are
+    # bound once outside the loop and a batch of frames shares one clock read
+    # (they were all waiting in the TAP by then).
     port_of = {fd: port for port, fd in enumerate(taps)}
     for fd in (*taps, timer.fd, control):
         epoll.register(fd, select.EPOLLIN)
@@ -221,6 +232,7 @@ def serve(taps: Sequence[int], control: int, schedule: Schedule) -> None:
         for fd, _ in epoll.poll():
             src = port_of.get(fd)
             if src is not None:
+                now = now_of()
                 for _ in range(_BATCH):
                     try:
                         frame = read(fd, _READ_SIZE)
@@ -228,7 +240,6 @@ def serve(taps: Sequence[int], control: int, schedule: Schedule) -> None:
                         break
                     macs[frame[6:12]] = src
                     dst = macs.get(frame[:6])
-                    now = now_of()
                     if dst is not None and dst != src:
                         admit(now, src, dst, frame)
                     elif dst is None:
