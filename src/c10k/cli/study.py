@@ -123,14 +123,14 @@ def _topology(args: argparse.Namespace, matrix: Any) -> Any:
             raise UsageError(f"matrix {matrix.name} gives links to its cases: add --topology netns")
         return nullcontext(None)
     from c10k.study.hosts import netns_commands
-    from c10k.topology import check_can_run, require_netem
+    from c10k.topology import check_can_run, require_delay
 
     check_can_run()
-    if link is not None and link.needs_netem:
-        require_netem()
-    if matrix is not None and any(parse_link(c.link).needs_netem for c in matrix.cases if c.link):
-        require_netem()
-    return netns_commands(args.clients or 2, link)
+    any_delay = (link is not None and link.needs_netem) or (
+        matrix is not None and any(parse_link(c.link).needs_netem for c in matrix.cases if c.link))
+    if any_delay:
+        require_delay()
+    return netns_commands(args.clients or 2, link, any_delay=any_delay)
 
 
 class _Progress:
