@@ -29,6 +29,7 @@ DEFAULT_RATE = 40_000.0
 FAILING_CASE_S = 30.0
 #: Architectures that hold their connections in one process (the rest spread over workers).
 ONE_PROCESS = ("threaded", "poll", "epoll-threads", "asyncio", "uvloop")
+ONE_PROCESS += ("gevent", "trio")
 
 
 def _most(server: str) -> int | None:
