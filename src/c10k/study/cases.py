@@ -114,7 +114,7 @@ _ORIGINAL: tuple[tuple[str, int, str], ...] = (
     ("epoll", 45000, "passed"),
     ("epoll", 100000, "passed"),
 )
-_NEW_SERVERS = ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop")
+_NEW_SERVERS: tuple[str, ...] = ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop")
 _NEW_SERVERS += ("gevent", "trio")  # the servers Python users pick instead of writing a loop
 _MERGED_LADDER = (1, 1000, 2000, 10000, 30000, 35000, 40000, 45000, 100000)
 

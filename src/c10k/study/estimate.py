@@ -28,7 +28,7 @@ DEFAULT_RATE = 40_000.0
 #: A case past its architecture's limit here fails once its refused connections time out.
 FAILING_CASE_S = 30.0
 #: Architectures that hold their connections in one process (the rest spread over workers).
-ONE_PROCESS = ("threaded", "poll", "epoll-threads", "asyncio", "uvloop")
+ONE_PROCESS: tuple[str, ...] = ("threaded", "poll", "epoll-threads", "asyncio", "uvloop")
 ONE_PROCESS += ("gevent", "trio")
 
 
