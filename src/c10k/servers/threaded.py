@@ -17,11 +17,15 @@ its EOF, so the client reads every echo and then EOF.
 
 from __future__ import annotations
 
+import _thread
+import ctypes
+import os
 import select
 import socket
 import sys
 import threading
 import time
+from typing import Any
 
 from c10k.errors import UsageError
 from c10k.limits import nofile_limits
@@ -39,6 +43,32 @@ from c10k.servers.refusals import Refusal, Refusals
 __all__ = ["ThreadedServer"]
 
 READ_SIZE = 65536
+
+# ctypes.PyDLL calls keep the GIL (CDLL releases it around every call).
+_libc = ctypes.PyDLL(None, use_errno=True)
+_accept4 = _libc.accept4
+_accept4.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+_accept4.restype = ctypes.c_int
+
+
+class _GilHoldingListener(socket.socket):
+    """A listener whose accept() keeps the GIL.
+
+    socket.accept() releases the GIL around accept4(2), as every socket call
+    does, and must win it back to go on: with thousands of connection threads
+    coming back from recv() and barging in ahead of it, each of those turns can
+    take a long time, and the accepting thread took one per connection. On a
+    non-blocking listener accept4 never blocks, so holding the GIL across it
+    costs the others microseconds, and one readiness of the listener accepts
+    the whole backlog (a batch of accept_ready) in a single GIL turn.
+    """
+
+    def _accept(self) -> tuple[int, Any]:
+        fd = _accept4(self.fileno(), None, None, socket.SOCK_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))  # EAGAIN gives BlockingIOError, as accept() would
+        return fd, None
 
 
 class _Conn:
@@ -92,7 +122,9 @@ class ThreadedServer(Server):
         # and exit in 3.5-5 s, where at 0.05 s it waited 12 s for the GIL and
         # then did not exit within a minute.
         sys.setswitchinterval(0.5)
-        listener = open_listener(cfg)
+        plain = open_listener(cfg)
+        listener = _GilHoldingListener(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        listener.setblocking(False)
         self.lock = threading.Lock()
         self.conns: set[_Conn] = set()
         self.all_closed = threading.Event()
@@ -155,18 +187,24 @@ class ThreadedServer(Server):
             self.write_stats()
 
     def _accept(self, listener: socket.socket, reserve: DescriptorReserve, refusals: Refusals) -> None:
+        # Nothing here gives up the GIL (see _GilHoldingListener), so a batch
+        # of connections costs the acceptor one turn, not several each: a
+        # socket object made from a descriptor with its family given makes no
+        # system call; settimeout() would (ioctl, GIL released), so the
+        # connection's own thread makes it; and _thread.start_new_thread does
+        # not wait, where Thread.start() waits for the new thread to run (it
+        # must win the GIL) and then for the GIL back.
         for fd in accept_ready(listener, reserve):
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
             if refusals.full(len(self.conns)):
                 sock.close()
                 continue
-            sock.settimeout(self.config.idle_timeout or None)
             conn = _Conn(sock)
             with self.lock:
                 self.conns.add(conn)
-                live = len(self.conns)  # now: by the time start() returns, others may have ended
+                live = len(self.conns)
             try:
-                threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+                _thread.start_new_thread(self._serve_one, (conn,))
             except (RuntimeError, MemoryError) as exc:
                 with self.lock:
                     self.conns.discard(conn)
@@ -182,6 +220,8 @@ class ThreadedServer(Server):
         echoed = 0
         idle = False
         try:
+            if self.config.idle_timeout:  # else the accepted descriptor is blocking already
+                sock.settimeout(self.config.idle_timeout)
             while True:
                 data = sock.recv(READ_SIZE)
                 if not data:
