@@ -8,18 +8,14 @@ stops reading, so it costs the server one read (64 KiB) at most. Nothing is
 monkey-patched: StreamServer and gevent's sockets need no patching, and
 this module is imported only by `c10k serve gevent`.
 
-Stopping without losing echoes works as in threaded.py, with a flag in place
-of the lock (greenlets switch only where they block): the main greenlet shuts
-the write side of every connection not in the middle of an echo, and those
-in the middle shut it themselves right after; then each discards what its
-client still sends until its EOF.
+The echo loop, and stopping without losing echoes, are the threaded
+server's (blocking.py).
 """
 
 from __future__ import annotations
 
 import errno
 import signal
-import socket
 import time
 from typing import Any
 
@@ -28,36 +24,11 @@ import gevent.event
 from gevent.server import StreamServer
 
 from c10k.limits import nofile_limits
-from c10k.servers.base import DescriptorReserve, Server, announce, open_listener, stop_deadline
+from c10k.servers.base import DescriptorReserve, Server, ServerConfig, announce, open_listener, stop_deadline
+from c10k.servers.blocking import BlockingConn, echo_until_eof
 from c10k.servers.refusals import Refusals
 
 __all__ = ["GeventServer"]
-
-READ_SIZE = 65536
-
-
-class _Conn:
-    __slots__ = ("sock", "sending", "stopping", "shut")
-
-    def __init__(self, sock: Any) -> None:
-        self.sock = sock
-        self.sending = False
-        self.stopping = False
-        self.shut = False
-
-    def stop(self) -> None:
-        """From the main greenlet: shut the write side unless an echo is in flight."""
-        self.stopping = True
-        if not self.sending:
-            self.shut_write()
-
-    def shut_write(self) -> None:
-        if not self.shut:
-            self.shut = True
-            try:
-                self.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
 
 class _SheddingStreamServer(StreamServer):
@@ -87,9 +58,9 @@ class _SheddingStreamServer(StreamServer):
 class GeventServer(Server):
     name = "gevent"
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
-        self.conns: set[_Conn] = set()
+        self.conns: set[BlockingConn] = set()
         self.stopping = False
         self.refusals = Refusals(self.stats.refused, config.max_connections, nofile_limits()[0])
 
@@ -127,35 +98,17 @@ class GeventServer(Server):
         if self.stopping or self.refusals.full(len(self.conns)):
             sock.close()
             return
-        # gevent's timeout covers each blocking recv() and the whole of a sendall():
-        # no bytes in, or an echo not taken, for this long closes the connection.
-        sock.settimeout(self.config.idle_timeout or None)
-        conn = _Conn(sock)
+        conn = BlockingConn(sock)
         self.conns.add(conn)
         stats = self.stats
         stats.accepted += 1
         if len(self.conns) > stats.peak_concurrent:
             stats.peak_concurrent = len(self.conns)
-        echoed = 0
-        idle = False
+        echoed, idle = 0, False
         try:
-            while True:
-                data = sock.recv(READ_SIZE)
-                if not data:
-                    break  # the client's EOF: everything it sent is echoed
-                if not conn.stopping:
-                    conn.sending = True
-                    sock.sendall(data)
-                    conn.sending = False
-                    echoed += len(data)
-                if conn.stopping:
-                    conn.shut_write()  # then discard until the client's EOF
-        except TimeoutError as exc:
-            # socket.timeout (no errno) is --idle-timeout; ETIMEDOUT, also a
-            # TimeoutError, is the kernel's --send-timeout (TCP_USER_TIMEOUT).
-            idle = exc.errno is None and not conn.stopping
-        except OSError:
-            pass
+            # gevent's timeout covers each blocking recv() and the whole of a
+            # sendall(): no bytes in, or an echo not taken, for this long ends it.
+            echoed, idle = echo_until_eof(conn, self.config.idle_timeout)
         finally:
             sock.close()
             self.conns.discard(conn)

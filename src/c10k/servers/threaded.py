@@ -6,13 +6,8 @@ a shutdown signal wakes it at once. When a thread cannot start (memory for its
 stack, or the process's thread limit) that connection is closed and counted,
 and the server goes on.
 
-Stopping without losing echoes: the acceptor cannot interrupt a thread's
-recv(), and shutdown(SHUT_RD) would make later client bytes answer with a
-reset. Instead each connection has a lock held while an echo is being written.
-The acceptor marks the connection stopping and, if no echo is in progress,
-shuts its write side itself; otherwise the thread does it right after its
-echo. Either way the thread then discards what the client still sends until
-its EOF, so the client reads every echo and then EOF.
+How a connection is echoed, and stopped without losing echoes, is shared
+with the gevent server: blocking.py.
 """
 
 from __future__ import annotations
@@ -38,11 +33,10 @@ from c10k.servers.base import (
     open_listener,
     stop_deadline,
 )
+from c10k.servers.blocking import BlockingConn, echo_until_eof
 from c10k.servers.refusals import Refusal, Refusals
 
 __all__ = ["ThreadedServer"]
-
-READ_SIZE = 65536
 
 # ctypes.PyDLL calls keep the GIL (CDLL releases it around every call).
 _libc = ctypes.PyDLL(None, use_errno=True)
@@ -69,33 +63,6 @@ class _GilHoldingListener(socket.socket):
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))  # EAGAIN gives BlockingIOError, as accept() would
         return fd, None
-
-
-class _Conn:
-    __slots__ = ("sock", "lock", "stopping", "shut")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.lock = threading.Lock()
-        self.stopping = False
-        self.shut = False
-
-    def stop(self) -> None:
-        """From the acceptor: shut the write side unless an echo is in flight."""
-        self.stopping = True
-        if self.lock.acquire(blocking=False):
-            try:
-                self._shut()
-            finally:
-                self.lock.release()
-
-    def _shut(self) -> None:
-        if not self.shut:
-            self.shut = True
-            try:
-                self.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
 
 class ThreadedServer(Server):
@@ -126,7 +93,7 @@ class ThreadedServer(Server):
         listener = _GilHoldingListener(plain.family, plain.type, plain.proto, fileno=plain.detach())
         listener.setblocking(False)
         self.lock = threading.Lock()
-        self.conns: set[_Conn] = set()
+        self.conns: set[BlockingConn] = set()
         self.all_closed = threading.Event()
         self.stopping = False
         deadline = float("inf")  # set by stop_now()
@@ -199,7 +166,7 @@ class ThreadedServer(Server):
             if refusals.full(len(self.conns)):
                 sock.close()
                 continue
-            conn = _Conn(sock)
+            conn = BlockingConn(sock)
             with self.lock:
                 self.conns.add(conn)
                 live = len(self.conns)
@@ -215,31 +182,12 @@ class ThreadedServer(Server):
             if live > self.stats.peak_concurrent:
                 self.stats.peak_concurrent = live
 
-    def _serve_one(self, conn: _Conn) -> None:
-        sock = conn.sock
-        echoed = 0
-        idle = False
+    def _serve_one(self, conn: BlockingConn) -> None:
+        echoed, idle = 0, False
         try:
-            if self.config.idle_timeout:  # else the accepted descriptor is blocking already
-                sock.settimeout(self.config.idle_timeout)
-            while True:
-                data = sock.recv(READ_SIZE)
-                if not data:
-                    break  # the client's EOF: everything it sent is echoed
-                with conn.lock:
-                    if not conn.stopping:
-                        sock.sendall(data)
-                        echoed += len(data)
-                    if conn.stopping:
-                        conn._shut()  # then discard until the client's EOF
-        except TimeoutError as exc:
-            # socket.timeout (no errno) is our --idle-timeout; ETIMEDOUT, also a
-            # TimeoutError, is the kernel's --send-timeout (TCP_USER_TIMEOUT).
-            idle = exc.errno is None and not conn.stopping
-        except OSError:
-            pass
+            echoed, idle = echo_until_eof(conn, self.config.idle_timeout)
         finally:
-            sock.close()
+            conn.sock.close()
             with self.lock:
                 self.conns.discard(conn)
                 self.stats.closed += 1
