@@ -65,6 +65,8 @@ SERVER_CONFIGS: dict[str, list[str]] = {
     "epoll-reuseport": ["epoll", "--balance", "reuseport", "--workers", "2"],
     "asyncio": ["asyncio"],
     "uvloop": ["uvloop"],
+    "gevent": ["gevent"],
+    "trio": ["trio"],
 }
 CONFIG_IDS = list(SERVER_CONFIGS)
 #: Configurations whose connections live in worker processes (children of the server).

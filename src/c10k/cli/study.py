@@ -17,8 +17,8 @@ _EPILOG = """\
 matrices:
   seed    the original's 12 cases (select 1, 1000, 2000; threaded 1, 10000, 30000,
           35000; epoll 1, 10000, 40000, 45000, 100000), then poll, epoll-reuseport,
-          epoll-threads, asyncio and uvloop at 1, 1000, 2000, 10000, 30000, 35000,
-          40000, 45000 and 100000 connections; 100 messages of "Gary's spamming" each;
+          epoll-threads, asyncio, uvloop, gevent and trio at 1, 1000, 2000, 10000,
+          30000, 35000, 40000, 45000 and 100000 connections; 100 messages of "Gary's spamming" each;
           then fixed-rate cases (2000 messages/s in total for 5 s, most connections
           idle): select at 100, 1000; poll, epoll, asyncio, uvloop at 100 to 15000.
           More than an hour on two cores (epoll at 100000 x 100 alone: ~15 min)
@@ -39,7 +39,8 @@ matrices:
             duration = 5                  # with rate: seconds of sending
             link = "delay 25ms"           # optional, or a list (--topology netns)
 
-servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio, uvloop
+servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio, uvloop,
+         gevent, trio
 
 Writes OUT/REPORT.md, OUT/report.html, OUT/results.json, charts OUT/*.png and each
 case's OUT/<server>/<connections>/connections.csv. A failing case is a result:
