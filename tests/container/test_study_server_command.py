@@ -1,0 +1,65 @@
+"""`c10k study --server-command`: the Dockerized epoll server as a study's rows, under podman.
+
+Marked ``container`` (``make container-test``): needs root and podman, and the
+image the session's ``image`` fixture builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from c10k.study.container import NAME_PREFIX
+from c10k.study.verdict import PASSED_RESULT
+from container_helpers import ENV, podman
+
+pytestmark = pytest.mark.container
+
+TINY = """
+name = "container tiny"
+[[case]]
+server = "epoll"
+connections = [1, 1000]
+messages = 20
+"""
+
+
+def test_study_runs_the_image_as_its_server_samples_it_and_leaves_no_container(image, tmp_path):
+    matrix = tmp_path / "tiny.toml"
+    matrix.write_text(TINY)
+    out = tmp_path / "out"
+    template = f"podman run --rm --name {{name}} -p {{port}}:7000 {image} -p 7000"
+    proc = subprocess.run([sys.executable, "-m", "c10k", "study", "--matrix", str(matrix), "--server-command",
+                           template, "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **ENV})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["topology"]["kind"] == "container"
+    cases = {c["connections"]: c for c in results["cases"]}
+    assert sorted(cases) == [1, 1000]
+    for n, case in cases.items():
+        assert case["status"] == "passed", case["reason"]
+        assert case["reason"] == PASSED_RESULT
+        assert case["server"] == "epoll (container)"
+        assert case["container"]["name"].startswith(NAME_PREFIX)
+        assert case["container"]["engine"] == "podman"
+        assert case["server_exit"] == 0  # podman stop's SIGTERM, and the container's own exit status
+        usage = case["server_usage"]
+        assert usage["peak_rss_bytes"] > 0 and usage["samples"] > 0
+        # The sampler saw the container's server holding the connections (the host's view of its pid).
+        assert usage["peak_fds"] >= n
+        assert case["summary"]["messages"]["echoed"] == n * 20
+        # No {stats} in the template: the container's server wrote no stats file.
+        assert case["server_stats"] is None
+    assert cases[1000]["server_usage"]["cpu_s"] > 0
+    assert any("wrote no stats file" in note for note in results["notes"])
+    report = (out / "REPORT.md").read_text()
+    assert "epoll (container)" in report and "NATed into the server's container" in report
+
+    left = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
+    assert [name for name in left if name.startswith(NAME_PREFIX)] == []
