@@ -12,10 +12,10 @@ import subprocess
 import sys
 
 import pytest
+from container_helpers import ENV, podman
 
 from c10k.study.container import NAME_PREFIX
 from c10k.study.verdict import PASSED_RESULT
-from container_helpers import ENV, podman
 
 pytestmark = pytest.mark.container
 
