@@ -170,7 +170,7 @@ def test_each_case_runs_the_command_samples_its_pid_and_removes_it(fake_engine, 
     for name in names:
         assert f"inspect --format {{{{.State.Pid}}}} {name}" in calls
         assert any(c.startswith("stop -t ") and c.endswith(name) for c in calls)
-        assert f"rm --force --ignore {name}" in calls
+        assert f"rm --force --ignore --time 0 {name}" in calls
     assert sorted(p.name for p in state.glob("*.pid")) == ["someone-elses.pid"]
     assert "epoll in a box" in (out / "REPORT.md").read_text()
 
@@ -187,4 +187,4 @@ def test_a_container_that_never_serves_is_a_failed_case_and_is_removed(fake_engi
     assert case["status"] == "failed"
     assert case["reason"].startswith("server did not start: it exited with status 1")
     assert "broken_image: no such image" in case["reason"]
-    assert f"rm --force --ignore {case['container']['name']}" in (state / "calls.log").read_text().splitlines()
+    assert f"rm --force --ignore --time 0 {case['container']['name']}" in (state / "calls.log").read_text().splitlines()

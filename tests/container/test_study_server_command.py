@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from container_helpers import ENV, podman
 
 from c10k.study.container import NAME_PREFIX
 from c10k.study.verdict import PASSED_RESULT
+from helpers import wait_until
 
 pytestmark = pytest.mark.container
 
@@ -57,5 +59,29 @@ def test_study_runs_the_image_as_its_server_samples_it_and_leaves_no_container(i
     report = (out / "REPORT.md").read_text()
     assert "epoll (container)" in report and "NATed into the server's container" in report
 
-    left = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
-    assert [name for name in left if name.startswith(NAME_PREFIX)] == []
+    assert study_containers() == []
+
+
+def study_containers() -> list[str]:
+    return [n for n in podman("ps", "--all", "--format", "{{.Names}}").stdout.split() if n.startswith(NAME_PREFIX)]
+
+
+def test_sigterm_mid_case_stops_the_study_and_removes_its_container(image, tmp_path):
+    matrix = tmp_path / "long.toml"
+    # An open loop that would send for 100 s: the container is surely running when the signal comes.
+    matrix.write_text('[[case]]\nserver = "epoll"\nconnections = 10\nrate = 10\nduration = 100\n')
+    template = f"podman run --rm --name {{name}} -p {{port}}:7000 {image} -p 7000"
+    proc = subprocess.Popen([sys.executable, "-m", "c10k", "study", "--matrix", str(matrix), "--server-command",
+                             template, "--out", str(tmp_path / "out")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+    try:
+        wait_until(lambda: bool(study_containers()), timeout=120, interval=0.5, what="the case's container")
+        proc.send_signal(signal.SIGTERM)  # the study stops as on Ctrl-C
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert study_containers() == []

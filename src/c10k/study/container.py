@@ -167,6 +167,14 @@ class ContainerCommands(Commands):
         return subprocess.run([self._tpl().engine, *args], capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
 
+    def remove(self, name: str) -> None:
+        """Remove the container, killing it first if it still runs; no error if it is gone."""
+        if Path(self._tpl().engine).name == "podman":
+            # --time 0: SIGKILL at once (podman waits 10 s by default); docker rm -f does so anyway.
+            self.engine("rm", "--force", "--ignore", "--time", "0", name)
+        else:
+            self.engine("rm", "--force", name)
+
     def server(self, case: Case, stats_file: Path) -> list[str]:
         self._count += 1
         self._name = f"{NAME_PREFIX}{os.getpid()}-{case.number}-{self._count}"
@@ -211,7 +219,7 @@ class ContainerCommands(Commands):
 
     def server_gone(self, case_dir: Path) -> None:
         # Also after a failure or Ctrl-C: killing `podman run` leaves the container running.
-        self.engine("rm", "--force", "--ignore", self._name)
+        self.remove(self._name)
         if self._stats_dir is not None:
             written = self._stats_dir / "server-stats.json"
             if written.exists():
@@ -237,7 +245,7 @@ class ContainerCommands(Commands):
                 continue
             pid = name[len(NAME_PREFIX):].split("-", 1)[0]
             if pid.isdigit() and (int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists()):
-                self.engine("rm", "--force", "--ignore", name)
+                self.remove(name)
                 removed.append(name)
         return removed
 
@@ -254,5 +262,5 @@ def container_commands(template: ServerTemplate, server_name: str | None = None,
         yield cmds
     finally:
         for name in cmds.names:
-            cmds.engine("rm", "--force", "--ignore", name)
+            cmds.remove(name)
         cmds.dropped_tables = drop_tables_netavark_made(tables_before)

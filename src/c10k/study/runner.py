@@ -11,6 +11,11 @@ Each case runs in ``OUT/<server>/<connections>/``:
 The two command lines are built in ``Commands`` and nowhere else, so an option
 that changes name is a one-line fix, and tests can swap in a stand-in server.
 Nothing here raises because a case failed: a failure is a result.
+
+How the runner meets its server (ready, pid to sample, stop, clean-up) is in
+``Commands`` too, so that ``study.container`` can run the server in a container.
+Over 500 lines because one case's life (start, watch, stop, clean up) reads
+best in one place, with the study loops that call it.
 """
 
 from __future__ import annotations
