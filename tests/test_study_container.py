@@ -174,6 +174,24 @@ def test_each_case_runs_the_command_samples_its_pid_and_removes_it(fake_engine, 
     assert sorted(p.name for p in state.glob("*.pid")) == ["someone-elses.pid"]
     assert "epoll in a box" in (out / "REPORT.md").read_text()
 
+    # The report can be rebuilt from results.json, container fields and all.
+    (out / "REPORT.md").unlink()
+    again = study("--report-only", "--out", str(out), env=env)
+    assert again.returncode == 0, again.stderr
+    assert "epoll in a box" in (out / "REPORT.md").read_text()
+    assert json.loads((out / "results.json").read_text())["cases"][0]["container"]["name"] == names[0]
+
+
+def test_the_network_line_says_the_load_went_through_a_published_port():
+    from c10k.study.network_report import network_line
+
+    line = network_line({"kind": "container", "server": "127.0.0.1", "engine": "podman",
+                         "nft_tables_removed": ["ip nat", "ip filter"]})
+    assert line.startswith("Network: loopback to a port podman published on 127.0.0.1")
+    assert "(ip nat, ip filter) were removed after the run" in line
+    assert "removed" not in network_line({"kind": "container", "server": "127.0.0.1", "engine": "podman",
+                                          "nft_tables_removed": []})
+
 
 def test_a_container_that_never_serves_is_a_failed_case_and_is_removed(fake_engine, tmp_path):
     env, state = fake_engine
