@@ -164,8 +164,12 @@ class ContainerCommands(Commands):
         return self.template
 
     def engine(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self._tpl().engine, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        """Run ``podman ARGS``; one that hangs past ``timeout`` counts as failed (exit 124), not as an error."""
+        cmd = [self._tpl().engine, *args]
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {timeout:g} s")
 
     def remove(self, name: str) -> None:
         """Remove the container, killing it first if it still runs; no error if it is gone."""
