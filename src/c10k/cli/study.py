@@ -48,6 +48,17 @@ the study exits 0 when it ran. An OUT that already holds a study's results is
 refused unless --force, which removes that study's files and case folders (and
 nothing else) first.
 
+--server-command TEMPLATE runs every case's server with TEMPLATE instead of
+`c10k serve`: a `podman run` (or `docker run`) line in the foreground, where
+{port} is a free host port to publish the container's port on, {name} a
+container name unique to the case, and {stats} (optional) a host folder to
+bind-mount for the server's --stats-file. E.g.
+  --server-command "podman run --rm --name {name} -p {port}:7000 epoll_server_image -p 7000"
+The matrix's server names the row, as "epoll (container)" (or --server-name),
+so give a matrix or --servers naming the server the image runs. CPU, memory,
+threads and descriptors are the container's own processes'; every container is
+removed after its case, and so are the nftables tables publishing its port made.
+
 --find-limit SERVER doubles the connection count from --start until the server
 fails (or --max is reached), then bisects down to --step, and reports the
 largest count that passed and why the next failed.
@@ -81,6 +92,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--step", type=int, default=1000, metavar="N",
                    help="stop bisecting when pass and fail are this close (default: 1000)")
     _add_topology_options(p)
+    g = p.add_argument_group("server in a container")
+    g.add_argument("--server-command", metavar="TEMPLATE",
+                   help='start each case\'s server with this podman/docker run line, using {port}, {name} '
+                        'and optionally {stats} (see below)')
+    g.add_argument("--server-name", metavar="LABEL",
+                   help='the server\'s name in the report with --server-command (default: "SERVER (container)")')
     p.set_defaults(run=run)
 
 
@@ -102,6 +119,24 @@ def _say_stale(commands: Any) -> None:
     if stale:
         print(f"c10k study: removed {len(stale)} namespace(s) and link(s) a killed run left: "
               f"{', '.join(stale)}", flush=True)
+    stale = getattr(commands, "removed_stale", None)
+    if stale:
+        print(f"c10k study: removed {len(stale)} container(s) a killed run left: {', '.join(stale)}", flush=True)
+
+
+def _container_notes(commands: Any, study: Any) -> None:
+    """What running the server in a container changed, for the report (after its containers are gone)."""
+    if getattr(commands, "template", None) is None:
+        return
+    dropped = commands.dropped_tables
+    study.topology["nft_tables_removed"] = dropped
+    if dropped:
+        study.notes.append(f"Publishing the container's port made podman's netavark create the nftables "
+                           f"tables {', '.join(dropped)}, which make conntrack track every connection on "
+                           "the machine; they were removed after the run.")
+    if "stats" not in commands.template.fields:
+        study.notes.append("The container's server wrote no stats file (the --server-command has no {stats}): "
+                           "held at once and refusals come from its descriptors and the client's side only.")
 
 
 def _topology(args: argparse.Namespace, matrix: Any) -> Any:
@@ -115,6 +150,15 @@ def _topology(args: argparse.Namespace, matrix: Any) -> Any:
     from c10k.topology import MAX_CLIENTS, parse_link
 
     link = parse_link(args.link) if args.link is not None else None
+    if args.server_name is not None and args.server_command is None:
+        raise UsageError("--server-name names the server of --server-command: give both")
+    if args.server_command is not None:
+        from c10k.study.container import ServerTemplate, container_commands
+
+        if args.topology != "loopback":
+            raise UsageError("--server-command publishes a port on this host: it runs over loopback only")
+        template = ServerTemplate.parse(args.server_command)
+        return container_commands(template, args.server_name)
     if args.clients is not None and not 1 <= args.clients <= MAX_CLIENTS:
         raise UsageError(f"--clients must be 1 to {MAX_CLIENTS} client hosts, not {args.clients}")
     if args.topology == "loopback":
@@ -163,7 +207,7 @@ class _Progress:
         self.done += 1
         mark = "[green]passed[/green]" if result.passed else "[red]failed[/red]"
         rate = f" @{case.rate:,}/s" if case.fixed_rate else ""
-        line = (f"{case.number:>3} {case.server:<16}{case.connections:>8,}{rate}  {mark}  "
+        line = (f"{case.number:>3} {result.case.server:<16}{case.connections:>8,}{rate}  {mark}  "
                 f"({result.duration_s:.1f} s)")
         if not result.passed:
             line += f": {result.reason}"
@@ -251,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
                 study = find_limit(args.find_limit, out, start=args.start, max_connections=args.max_connections,
                                    step=args.step, messages=args.messages or 100, commands=commands,
                                    progress=progress)
+            _container_notes(commands, study)
         finally:
             progress.close()
     else:
@@ -282,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
             with topology as commands:
                 _say_stale(commands)
                 study = run_study(matrix, out, commands=commands, progress=progress)
+            _container_notes(commands, study)
         finally:
             progress.close()
     if not study.results:

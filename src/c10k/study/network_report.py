@@ -36,6 +36,13 @@ RTT_CAPTION = ("Messages/s (top) and p99 response time (bottom) against the roun
 
 def network_line(topology: dict[str, Any]) -> str:
     """One sentence: the network the study's cases ran over."""
+    if topology.get("kind") == "container":
+        dropped = topology.get("nft_tables_removed")
+        tables = (f" The nftables tables that publishing made ({', '.join(dropped)}) were removed after the run."
+                  if dropped else "")
+        return (f"Network: loopback to a port {topology.get('engine', 'podman')} published on "
+                f"{topology.get('server', '127.0.0.1')}, NATed into the server's container (its own network "
+                f"namespace on the container bridge), client and server on one kernel.{tables}")
     if topology.get("kind") != "netns":
         return f"Network: loopback ({topology.get('server', '127.0.0.1')}), client and server on one kernel."
     clients = topology.get("clients") or []
