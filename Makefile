@@ -17,11 +17,10 @@ venv: $(STAMP)
 # The main job: the study over the seed matrix (the original's test cases and
 # more), report in a new dated folder under results/ (a study never replaces
 # another's results). `make run MATRIX=quick` for a two-minute look.
-OUT ?= results/$(MATRIX)-$(shell date +%Y%m%d-%H%M%S)
 run: $(STAMP)
 	$(BIN)/c10k doctor
 	$(BIN)/c10k study --matrix $(MATRIX) --list
-	$(BIN)/c10k study --matrix $(MATRIX) --out $(OUT)
+	$(BIN)/c10k study --matrix $(MATRIX)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -40,6 +40,8 @@ VARIANTS = {
     "threaded": ["serve", "threaded"],
     "asyncio": ["serve", "asyncio"],
     "uvloop": ["serve", "uvloop"],
+    "gevent": ["serve", "gevent"],
+    "trio": ["serve", "trio"],
 }
 
 

@@ -65,6 +65,8 @@ SERVER_CONFIGS: dict[str, list[str]] = {
     "epoll-reuseport": ["epoll", "--balance", "reuseport", "--workers", "2"],
     "asyncio": ["asyncio"],
     "uvloop": ["uvloop"],
+    "gevent": ["gevent"],
+    "trio": ["trio"],
     "uring": ["uring", "--workers", "2"],
     "uring-reuseport": ["uring", "--balance", "reuseport", "--workers", "2"],
 }

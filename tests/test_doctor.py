@@ -34,7 +34,7 @@ def test_100000_connections_need_six_processes_and_nine_source_addresses():
     assert cap.memory_ok
     archs = by_server(cap)
     assert archs["epoll"].can_hold and archs["epoll-reuseport"].can_hold
-    for single in ("poll", "threaded", "epoll-threads", "asyncio", "uvloop"):
+    for single in ("poll", "threaded", "epoll-threads", "asyncio", "uvloop", "gevent", "trio"):
         assert not archs[single].can_hold
         assert "20,000 descriptors" in archs[single].why
     assert not archs["select"].can_hold and "FD_SETSIZE (1024)" in archs["select"].why

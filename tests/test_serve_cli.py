@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -100,3 +101,32 @@ def test_listening_line_is_the_only_stdout(serve, config):
     assert server.stop() == 0
     rest = server.proc.stdout.read()
     assert rest == b"", f"stdout after the listening line: {rest!r}"
+
+
+def _serve_without(package: str, architecture: str) -> subprocess.CompletedProcess:
+    """`c10k serve ARCH` in an interpreter where ``package`` cannot be imported (as if not installed)."""
+    code = (f"import sys; sys.modules[{package!r}] = None; from c10k.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, "serve", architecture, "-p", "0"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("architecture", ["gevent", "trio"])
+def test_a_server_whose_package_is_missing_is_one_line_exit_1(architecture):
+    result = _serve_without(architecture, architecture)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "pip install 'c10k[servers]'" in result.stderr, result.stderr
+
+
+def test_only_their_own_servers_import_gevent_and_trio():
+    """The other commands, and `c10k serve` of any other architecture, load neither package
+    (gevent in particular changes the process it is imported into)."""
+    code = ("import sys; from c10k.cli import build_parser; from c10k.servers import ServerConfig, make_server; "
+            "build_parser(); [make_server(a, ServerConfig()) for a in sys.argv[1:]]; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'gevent', 'greenlet', 'trio'}))")
+    others = ["threaded", "select", "poll", "epoll", "asyncio", "uvloop"]
+    out = subprocess.run([sys.executable, "-c", code, *others], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+    out = subprocess.run([sys.executable, "-c", code, "gevent"], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "['gevent', 'greenlet']", "the check above can see an import"

@@ -182,10 +182,17 @@ def test_epoll_worker_killed_server_keeps_serving(serve, rng):
 # --------------------------------------------------------------------------- backpressure
 
 
+def _autotune_max(name: str) -> int:
+    with open(f"/proc/sys/net/ipv4/{name}") as f:
+        return int(f.read().split()[2])
+
+
 @pytest.mark.parametrize("config", CONFIG_IDS)
 def test_client_that_never_reads_does_not_grow_server_memory(serve, config, rng):
-    """32 MiB sent without reading: the server stops reading at its watermark (RSS growth < 8 MiB),
-    and once the client reads, every byte comes back in order."""
+    """More than every kernel buffer on the way can hold, sent without reading: the server stops
+    reading at its watermark (RSS growth < 8 MiB), and once the client reads, every byte comes back
+    in order. The kernel's buffers autotune up to tcp_rmem/tcp_wmem's maximum (32 MiB to receive
+    since Linux 6.15), so the stream is sized from them, not fixed."""
     server = serve.config(config)
     warm = [Conversation(s, [rng.randbytes(MiB)]) for s in connect_many(server.address, 2)]
     drive(warm, timeout=60)
@@ -193,8 +200,12 @@ def test_client_that_never_reads_does_not_grow_server_memory(serve, config, rng)
     for c in warm:
         c.sock.close()
     sampler = PeakSampler(server)
-    stream = Stream(seed=rng.randrange(1 << 30), total=32 * MiB)
+    rmem, wmem = _autotune_max("tcp_rmem"), _autotune_max("tcp_wmem")
     with connect(server.address) as s:
+        # Our own receive buffer is fixed small; the server's receive and send buffers and our
+        # send buffer may still grow to their maxima before the server must stop reading.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        stream = Stream(seed=rng.randrange(1 << 30), total=rmem + 2 * wmem + 16 * MiB)
         result = stall_then_drain(s, stream, sample=sampler)
     assert result.sent_before_stall < stream.total, "the server kept reading a client that never reads"
     assert result.in_order, f"echo differs from what was sent at offset {result.first_bad_offset}"

@@ -33,7 +33,7 @@ def test_seed_starts_with_the_original_twelve_cases_in_order():
 def test_seed_runs_the_new_architectures_on_the_merged_ladder():
     cases = [c for c in seed_matrix().cases[12:] if not c.fixed_rate]
     ladder = [1, 1000, 2000, 10000, 30000, 35000, 40000, 45000, 100000]
-    for server in ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop"):
+    for server in ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop", "gevent", "trio"):
         assert [c.connections for c in cases if c.server == server] == ladder
         assert all(c.original is None for c in cases if c.server == server)
     assert set(seed_matrix().servers) == set(SERVERS)

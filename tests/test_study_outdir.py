@@ -97,3 +97,22 @@ def test_an_unwritable_out_is_found_before_any_case_runs():
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         "c10k study: error: cannot write to --out /proc/self/c10k-results: No such file or directory"]
+
+
+def test_without_out_each_run_gets_a_new_dated_folder(tmp_path):
+    """The default is results/<matrix>-<date>-<time>/, so a second run (or a `c10k load`, whose
+    default is results/load) never collides with the first."""
+    matrix = tmp_path / "tiny.toml"
+    matrix.write_text('name = "tiny"\n[[case]]\nserver = "select"\nconnections = 1\nmessages = 2\n')
+    (tmp_path / "results" / "load").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-m", "c10k", "study", "--matrix", str(matrix)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    made = [p for p in (tmp_path / "results").iterdir() if p.name.startswith("tiny-")]
+    assert len(made) == 1 and (made[0] / "results.json").exists() and (made[0] / "REPORT.md").exists()
+    assert f"report in results/{made[0].name}/" in proc.stdout
+
+
+def test_report_only_needs_out():
+    out = study("--report-only")
+    assert out.returncode == 2 and "--report-only needs --out DIR" in out.stderr

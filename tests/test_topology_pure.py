@@ -181,6 +181,9 @@ def test_rtt_chart_and_notes_from_fabricated_results(tmp_path: Path) -> None:
     # 10,000 / 50 ms = 200,000/s, above 42,000/s: the CPU still sets the pace
     assert "200,000 messages/s" in notes[1] and "CPU, not the round trip" in notes[1]
     assert "10.210.0.11, 10.210.0.12" in network_line(topo) and "CPU 0" in network_line(topo)
+    assert "netem" in network_line(topo) and "delay line" not in network_line(topo)
+    line = network_line({**topo, "link_carrier": "userspace delay line", "delay_line_cpu": 1})
+    assert "userspace delay line" in line and "on CPU 1" in line
 
 
 def test_no_rtt_chart_for_a_single_round_trip(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@
 Marked ``container``: left out of ``make test``, run by ``make container-test``
 (root, podman, runc and debootstrap needed; ``.ci/run`` installs them). The
 stand-in base image is made first when missing (container/make-base-image.sh,
-cached). Host port 8000 must be free. The built image is removed at the end
-unless C10K_KEEP_IMAGE=1.
+cached; the `image` fixture in conftest.py). Host port 8000 must be free. The built
+image is removed at the end of the session unless C10K_KEEP_IMAGE=1.
 
 No systemd runs here, so podman cannot schedule the HEALTHCHECK on a timer;
 the test runs it the way that timer would, with ``podman healthcheck run``.
@@ -16,94 +16,20 @@ the test runs it the way that timer would, with ``podman healthcheck run``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
+from container_helpers import CONTAINER, IMAGE, inspect, podman
 
 from helpers import connect_many, read_until_closed, wait_until
 
 pytestmark = pytest.mark.container
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGE = "epoll_server_image"
-CONTAINER = "epoll_server_container"
 HOST_PORT = 8000
-# The original's commands, argument for argument (podman takes Docker's command line).
-BUILD = ["build", "-t", IMAGE, "."]
 RUN = ["run", "-d", "-p", f"{HOST_PORT}:7000", "--name", CONTAINER, IMAGE, "-p", "7000"]
-ENV = {
-    # runc, and ulimits this machine allows (see the file).
-    "CONTAINERS_CONF": str(REPO / "container" / "containers.conf"),
-    # podman builds OCI images by default, and OCI images drop HEALTHCHECK.
-    "BUILDAH_FORMAT": "docker",
-}
 HEAVY = ["numpy", "matplotlib", "psutil", "rich", "uvloop"]
-
-
-def podman(*args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(["podman", *args], cwd=REPO, env={**os.environ, **ENV}, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
-    return done
-
-
-def inspect(kind: str, name: str, template: str):
-    """``podman {image|container} inspect``, one field as JSON."""
-    return json.loads(podman(kind, "inspect", name, "--format", f"{{{{json {template}}}}}").stdout)
-
-
-# Publishing a port makes netavark (podman's network backend) create the host's
-# nftables `ip nat` and `ip filter` tables; they outlive the container, and while
-# they exist the kernel tracks every connection on the machine in conntrack,
-# loopback included (nf_conntrack_max is 262,144 here), which the loopback
-# studies should not pay for. So the tables this test made are removed when it
-# ends, if they hold nothing but netavark's chains; podman makes them again.
-BASE_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
-
-
-def nft(*args: str) -> str:
-    return subprocess.run(["nft", *args], capture_output=True, text=True, timeout=30).stdout
-
-
-def nft_tables() -> set[str]:
-    if shutil.which("nft") is None:
-        return set()
-    return {line.split(None, 1)[1] for line in nft("list", "tables").splitlines() if line.startswith("table ")}
-
-
-def drop_tables_netavark_made(before: set[str]) -> None:
-    for table in sorted(nft_tables() - before):
-        chains = {line.split()[1] for line in nft("list", "table", *table.split()).splitlines()
-                  if line.strip().startswith("chain ")}
-        if all(chain in BASE_CHAINS or chain.startswith("NETAVARK") for chain in chains):
-            nft("delete", "table", *table.split())
-
-
-@pytest.fixture(scope="module")
-def image():
-    """The image built from this checkout with `docker build -t epoll_server_image .`."""
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed: .ci/run installs it (apt-get install podman runc debootstrap)")
-    tables_before = nft_tables()
-    base = subprocess.run([str(REPO / "container" / "make-base-image.sh")], env={**os.environ, **ENV},
-                          capture_output=True, text=True, timeout=900)
-    assert base.returncode == 0, f"making the base image failed:\n{base.stdout}\n{base.stderr}"
-    podman("rm", "--force", "--ignore", CONTAINER)  # left by a run that was killed
-    podman("rmi", "--force", "--ignore", IMAGE)  # else a rebuild leaves the old one dangling
-    podman(*BUILD, timeout=600)
-    try:
-        yield IMAGE
-    finally:
-        podman("rm", "--force", "--ignore", CONTAINER, check=False)
-        drop_tables_netavark_made(tables_before)
-        if os.environ.get("C10K_KEEP_IMAGE") != "1":
-            podman("rmi", "--force", IMAGE, check=False)
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ _EPILOG = """\
 matrices:
   seed    the original's 12 cases (select 1, 1000, 2000; threaded 1, 10000, 30000,
           35000; epoll 1, 10000, 40000, 45000, 100000), then poll, epoll-reuseport,
-          epoll-threads, asyncio and uvloop at 1, 1000, 2000, 10000, 30000, 35000,
-          40000, 45000 and 100000 connections; 100 messages of "Gary's spamming" each;
+          epoll-threads, asyncio, uvloop, gevent and trio at 1, 1000, 2000, 10000,
+          30000, 35000, 40000, 45000 and 100000 connections; 100 messages of "Gary's spamming" each;
           then fixed-rate cases (2000 messages/s in total for 5 s, most connections
           idle): select at 100, 1000; poll, epoll, asyncio, uvloop at 100 to 15000.
           More than an hour on two cores (epoll at 100000 x 100 alone: ~15 min)
@@ -39,13 +39,25 @@ matrices:
             duration = 5                  # with rate: seconds of sending
             link = "delay 25ms"           # optional, or a list (--topology netns)
 
-servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio, uvloop
+servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio, uvloop,
+         gevent, trio
 
 Writes OUT/REPORT.md, OUT/report.html, OUT/results.json, charts OUT/*.png and each
 case's OUT/<server>/<connections>/connections.csv. A failing case is a result:
 the study exits 0 when it ran. An OUT that already holds a study's results is
 refused unless --force, which removes that study's files and case folders (and
 nothing else) first.
+
+--server-command TEMPLATE runs every case's server with TEMPLATE instead of
+`c10k serve`: a `podman run` (or `docker run`) line in the foreground, where
+{port} is a free host port to publish the container's port on, {name} a
+container name unique to the case, and {stats} (optional) a host folder to
+bind-mount for the server's --stats-file. E.g.
+  --server-command "podman run --rm --name {name} -p {port}:7000 epoll_server_image -p 7000"
+The matrix's server names the row, as "epoll (container)" (or --server-name),
+so give a matrix or --servers naming the server the image runs. CPU, memory,
+threads and descriptors are the container's own processes'; every container is
+removed after its case, and so are the nftables tables publishing its port made.
 
 --find-limit SERVER doubles the connection count from --start until the server
 fails (or --max is reached), then bisects down to --step, and reports the
@@ -62,8 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="which cases to run (default: seed)")
     p.add_argument("--servers", metavar="NAME[,NAME...]",
                    help="run only these servers' cases (comma-separated)")
-    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
-                   help="where the report goes (default: results/)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="where the report goes (default: a new folder results/MATRIX-DATE-TIME/)")
     p.add_argument("--messages", type=int, metavar="N",
                    help="messages per connection, overriding the matrix's")
     p.add_argument("--force", action="store_true",
@@ -80,6 +92,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--step", type=int, default=1000, metavar="N",
                    help="stop bisecting when pass and fail are this close (default: 1000)")
     _add_topology_options(p)
+    g = p.add_argument_group("server in a container")
+    g.add_argument("--server-command", metavar="TEMPLATE",
+                   help='start each case\'s server with this podman/docker run line, using {port}, {name} '
+                        'and optionally {stats} (see below)')
+    g.add_argument("--server-name", metavar="LABEL",
+                   help='the server\'s name in the report with --server-command (default: "SERVER (container)")')
     p.set_defaults(run=run)
 
 
@@ -101,6 +119,24 @@ def _say_stale(commands: Any) -> None:
     if stale:
         print(f"c10k study: removed {len(stale)} namespace(s) and link(s) a killed run left: "
               f"{', '.join(stale)}", flush=True)
+    stale = getattr(commands, "removed_stale", None)
+    if stale:
+        print(f"c10k study: removed {len(stale)} container(s) a killed run left: {', '.join(stale)}", flush=True)
+
+
+def _container_notes(commands: Any, study: Any) -> None:
+    """What running the server in a container changed, for the report (after its containers are gone)."""
+    if getattr(commands, "template", None) is None:
+        return
+    dropped = commands.dropped_tables
+    study.topology["nft_tables_removed"] = dropped
+    if dropped:
+        study.notes.append(f"Publishing the container's port made podman's netavark create the nftables "
+                           f"tables {', '.join(dropped)}, which make conntrack track every connection on "
+                           "the machine; they were removed after the run.")
+    if "stats" not in commands.template.fields:
+        study.notes.append("The container's server wrote no stats file (the --server-command has no {stats}): "
+                           "held at once and refusals come from its descriptors and the client's side only.")
 
 
 def _topology(args: argparse.Namespace, matrix: Any) -> Any:
@@ -114,6 +150,15 @@ def _topology(args: argparse.Namespace, matrix: Any) -> Any:
     from c10k.topology import MAX_CLIENTS, parse_link
 
     link = parse_link(args.link) if args.link is not None else None
+    if args.server_name is not None and args.server_command is None:
+        raise UsageError("--server-name names the server of --server-command: give both")
+    if args.server_command is not None:
+        from c10k.study.container import ServerTemplate, container_commands
+
+        if args.topology != "loopback":
+            raise UsageError("--server-command publishes a port on this host: it runs over loopback only")
+        template = ServerTemplate.parse(args.server_command)
+        return container_commands(template, args.server_name)
     if args.clients is not None and not 1 <= args.clients <= MAX_CLIENTS:
         raise UsageError(f"--clients must be 1 to {MAX_CLIENTS} client hosts, not {args.clients}")
     if args.topology == "loopback":
@@ -123,14 +168,14 @@ def _topology(args: argparse.Namespace, matrix: Any) -> Any:
             raise UsageError(f"matrix {matrix.name} gives links to its cases: add --topology netns")
         return nullcontext(None)
     from c10k.study.hosts import netns_commands
-    from c10k.topology import check_can_run, require_netem
+    from c10k.topology import check_can_run, require_delay
 
     check_can_run()
-    if link is not None and link.needs_netem:
-        require_netem()
-    if matrix is not None and any(parse_link(c.link).needs_netem for c in matrix.cases if c.link):
-        require_netem()
-    return netns_commands(args.clients or 2, link)
+    any_delay = (link is not None and link.needs_netem) or (
+        matrix is not None and any(parse_link(c.link).needs_netem for c in matrix.cases if c.link))
+    if any_delay:
+        require_delay()
+    return netns_commands(args.clients or 2, link, any_delay=any_delay)
 
 
 class _Progress:
@@ -162,7 +207,7 @@ class _Progress:
         self.done += 1
         mark = "[green]passed[/green]" if result.passed else "[red]failed[/red]"
         rate = f" @{case.rate:,}/s" if case.fixed_rate else ""
-        line = (f"{case.number:>3} {case.server:<16}{case.connections:>8,}{rate}  {mark}  "
+        line = (f"{case.number:>3} {result.case.server:<16}{case.connections:>8,}{rate}  {mark}  "
                 f"({result.duration_s:.1f} s)")
         if not result.passed:
             line += f": {result.reason}"
@@ -205,6 +250,15 @@ def _positive(name: str, value: int | None) -> None:
         raise UsageError(f"{name} must be at least 1")
 
 
+def _out_dir(args: argparse.Namespace, name: str) -> Path:
+    """--out, checked and made ready; by default a new dated folder, so no run replaces another's."""
+    from c10k.study.outdir import default_out, prepare_out_dir
+
+    out: Path = args.out if args.out is not None else default_out(name)
+    prepare_out_dir(out, force=args.force)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -213,17 +267,12 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("--messages", args.messages), ("--start", args.start),
                         ("--max", args.max_connections), ("--step", args.step)):
         _positive(name, value)
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
     if args.report_only:
-        return _report_only(out)
+        if args.out is None:
+            raise UsageError("--report-only needs --out DIR, the folder of the study's results.json")
+        return _report_only(args.out)
     if args.list and args.find_limit:
         raise UsageError("--list lists a matrix's cases; --find-limit has none to list")
-    if not args.list:
-        from c10k.study.outdir import prepare_out_dir
-
-        prepare_out_dir(out, force=args.force)
     # SIGTERM and SIGHUP stop the study like Ctrl-C, so the running case's
     # server and load (in their own sessions) are stopped too, not orphaned.
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -235,15 +284,18 @@ def run(args: argparse.Namespace) -> int:
                              f"(known: {', '.join(SERVERS)})")
         if args.start > args.max_connections:
             raise UsageError("--start must not exceed --max")
+        topology = _topology(args, None)
+        out = _out_dir(args, f"find-limit-{args.find_limit}")
         print(f"c10k study: raising {args.find_limit} from {args.start:,} up to {args.max_connections:,} "
               f"connections; report in {out}/", flush=True)
         progress = _Progress(0, f"find-limit {args.find_limit}")
         try:
-            with _topology(args, None) as commands:
+            with topology as commands:
                 _say_stale(commands)
                 study = find_limit(args.find_limit, out, start=args.start, max_connections=args.max_connections,
                                    step=args.step, messages=args.messages or 100, commands=commands,
                                    progress=progress)
+            _container_notes(commands, study)
         finally:
             progress.close()
     else:
@@ -267,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"matrix {matrix.name}: {len(matrix.cases)} cases, about {about} on this machine")
             return 0
         topology = _topology(args, matrix)
+        out = _out_dir(args, matrix.name)
         print(f"c10k study: matrix {matrix.name}, {len(matrix.cases)} cases, about {about}; report in {out}/",
               flush=True)
         progress = _Progress(len(matrix.cases), f"study {matrix.name}")
@@ -274,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
             with topology as commands:
                 _say_stale(commands)
                 study = run_study(matrix, out, commands=commands, progress=progress)
+            _container_notes(commands, study)
         finally:
             progress.close()
     if not study.results:

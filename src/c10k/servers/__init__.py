@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from c10k.errors import UsageError
+from c10k.errors import C10kError, UsageError
 from c10k.servers.base import Server, ServerConfig, Stats
 
 __all__ = ["ARCHITECTURES", "ServerConfig", "Server", "Stats", "make_server"]
@@ -23,6 +23,8 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
               "an acceptor handing sockets to N edge-triggered epoll workers (or SO_REUSEPORT)"),
     "asyncio": ("c10k.servers.aio", "AsyncioServer", "an asyncio Protocol server on the standard loop"),
     "uvloop": ("c10k.servers.aio", "UvloopServer", "an asyncio Protocol server on uvloop"),
+    "gevent": ("c10k.servers.gevent_server", "GeventServer", "gevent's StreamServer: a greenlet per connection"),
+    "trio": ("c10k.servers.trio_server", "TrioServer", "trio.serve_listeners: a task per connection"),
     "uring": ("c10k.servers.uring", "uring_server",
               "epoll's workers, each on an io_uring ring: multishot accept/receive, provided buffers"),
 }
@@ -36,5 +38,12 @@ def make_server(architecture: str, config: ServerConfig) -> Server:
         raise UsageError(
             f"unknown architecture {architecture!r} (choose from {', '.join(ARCHITECTURES)})"
         ) from None
-    server: Server = getattr(importlib.import_module(module), cls)(config)
+    try:
+        factory = getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as exc:  # an optional package (gevent, trio): c10k[servers]
+        if not exc.name or exc.name.split(".")[0] == "c10k":
+            raise
+        raise C10kError(f"{architecture} needs {exc.name}, which is not installed here: "
+                        "pip install 'c10k[servers]'") from None
+    server: Server = factory(config)
     return server

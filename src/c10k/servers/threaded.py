@@ -6,22 +6,21 @@ a shutdown signal wakes it at once. When a thread cannot start (memory for its
 stack, or the process's thread limit) that connection is closed and counted,
 and the server goes on.
 
-Stopping without losing echoes: the acceptor cannot interrupt a thread's
-recv(), and shutdown(SHUT_RD) would make later client bytes answer with a
-reset. Instead each connection has a lock held while an echo is being written.
-The acceptor marks the connection stopping and, if no echo is in progress,
-shuts its write side itself; otherwise the thread does it right after its
-echo. Either way the thread then discards what the client still sends until
-its EOF, so the client reads every echo and then EOF.
+How a connection is echoed, and stopped without losing echoes, is shared
+with the gevent server: blocking.py.
 """
 
 from __future__ import annotations
 
+import _thread
+import ctypes
+import os
 import select
 import socket
 import sys
 import threading
 import time
+from typing import Any
 
 from c10k.errors import UsageError
 from c10k.limits import nofile_limits
@@ -34,38 +33,36 @@ from c10k.servers.base import (
     open_listener,
     stop_deadline,
 )
+from c10k.servers.blocking import BlockingConn, echo_until_eof
 from c10k.servers.refusals import Refusal, Refusals
 
 __all__ = ["ThreadedServer"]
 
-READ_SIZE = 65536
+# ctypes.PyDLL calls keep the GIL (CDLL releases it around every call).
+_libc = ctypes.PyDLL(None, use_errno=True)
+_accept4 = _libc.accept4
+_accept4.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+_accept4.restype = ctypes.c_int
 
 
-class _Conn:
-    __slots__ = ("sock", "lock", "stopping", "shut")
+class _GilHoldingListener(socket.socket):
+    """A listener whose accept() keeps the GIL.
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.lock = threading.Lock()
-        self.stopping = False
-        self.shut = False
+    socket.accept() releases the GIL around accept4(2), as every socket call
+    does, and must win it back to go on: with thousands of connection threads
+    coming back from recv() and barging in ahead of it, each of those turns can
+    take a long time, and the accepting thread took one per connection. On a
+    non-blocking listener accept4 never blocks, so holding the GIL across it
+    costs the others microseconds, and one readiness of the listener accepts
+    the whole backlog (a batch of accept_ready) in a single GIL turn.
+    """
 
-    def stop(self) -> None:
-        """From the acceptor: shut the write side unless an echo is in flight."""
-        self.stopping = True
-        if self.lock.acquire(blocking=False):
-            try:
-                self._shut()
-            finally:
-                self.lock.release()
-
-    def _shut(self) -> None:
-        if not self.shut:
-            self.shut = True
-            try:
-                self.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+    def _accept(self) -> tuple[int, Any]:
+        fd = _accept4(self.fileno(), None, None, socket.SOCK_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))  # EAGAIN gives BlockingIOError, as accept() would
+        return fd, None
 
 
 class ThreadedServer(Server):
@@ -92,9 +89,11 @@ class ThreadedServer(Server):
         # and exit in 3.5-5 s, where at 0.05 s it waited 12 s for the GIL and
         # then did not exit within a minute.
         sys.setswitchinterval(0.5)
-        listener = open_listener(cfg)
+        plain = open_listener(cfg)
+        listener = _GilHoldingListener(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        listener.setblocking(False)
         self.lock = threading.Lock()
-        self.conns: set[_Conn] = set()
+        self.conns: set[BlockingConn] = set()
         self.all_closed = threading.Event()
         self.stopping = False
         deadline = float("inf")  # set by stop_now()
@@ -155,18 +154,24 @@ class ThreadedServer(Server):
             self.write_stats()
 
     def _accept(self, listener: socket.socket, reserve: DescriptorReserve, refusals: Refusals) -> None:
+        # Nothing here gives up the GIL (see _GilHoldingListener), so a batch
+        # of connections costs the acceptor one turn, not several each: a
+        # socket object made from a descriptor with its family given makes no
+        # system call; settimeout() would (ioctl, GIL released), so the
+        # connection's own thread makes it; and _thread.start_new_thread does
+        # not wait, where Thread.start() waits for the new thread to run (it
+        # must win the GIL) and then for the GIL back.
         for fd in accept_ready(listener, reserve):
             sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
             if refusals.full(len(self.conns)):
                 sock.close()
                 continue
-            sock.settimeout(self.config.idle_timeout or None)
-            conn = _Conn(sock)
+            conn = BlockingConn(sock)
             with self.lock:
                 self.conns.add(conn)
-                live = len(self.conns)  # now: by the time start() returns, others may have ended
+                live = len(self.conns)
             try:
-                threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+                _thread.start_new_thread(self._serve_one, (conn,))
             except (RuntimeError, MemoryError) as exc:
                 with self.lock:
                     self.conns.discard(conn)
@@ -177,29 +182,12 @@ class ThreadedServer(Server):
             if live > self.stats.peak_concurrent:
                 self.stats.peak_concurrent = live
 
-    def _serve_one(self, conn: _Conn) -> None:
-        sock = conn.sock
-        echoed = 0
-        idle = False
+    def _serve_one(self, conn: BlockingConn) -> None:
+        echoed, idle = 0, False
         try:
-            while True:
-                data = sock.recv(READ_SIZE)
-                if not data:
-                    break  # the client's EOF: everything it sent is echoed
-                with conn.lock:
-                    if not conn.stopping:
-                        sock.sendall(data)
-                        echoed += len(data)
-                    if conn.stopping:
-                        conn._shut()  # then discard until the client's EOF
-        except TimeoutError as exc:
-            # socket.timeout (no errno) is our --idle-timeout; ETIMEDOUT, also a
-            # TimeoutError, is the kernel's --send-timeout (TCP_USER_TIMEOUT).
-            idle = exc.errno is None and not conn.stopping
-        except OSError:
-            pass
+            echoed, idle = echo_until_eof(conn, self.config.idle_timeout)
         finally:
-            sock.close()
+            conn.sock.close()
             with self.lock:
                 self.conns.discard(conn)
                 self.stats.closed += 1

@@ -26,7 +26,8 @@ MEMORY_MARGIN = 1.2
 # User-space memory per connection, rough figures for planning only.
 _USER_BYTES = {"threaded": 64 * 1024, "select": 4 * 1024, "poll": 4 * 1024, "epoll": 3 * 1024,
                "epoll-reuseport": 3 * 1024, "epoll-threads": 3 * 1024, "asyncio": 6 * 1024,
-               "uvloop": 4 * 1024}
+               "uvloop": 4 * 1024,
+               "gevent": 12 * 1024, "trio": 8 * 1024}
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def plan_capacity(connections: int, lim: MachineLimits, *, max_workers: int = DE
         else:
             most = per_process
             how = {"poll": "poll() in one process", "epoll-threads": "thread workers share one process",
-                   "asyncio": "one event loop in one process", "uvloop": "one event loop in one process"}
+                   "asyncio": "one event loop in one process", "uvloop": "one event loop in one process",
+                   "gevent": "one gevent hub in one process", "trio": "one trio run loop in one process"}
             why = f"{how[server]}: {fd_why}"
         user = _USER_BYTES.get(server, 4096) * min(connections, most)
         if lim.memory_available and kernel + user > lim.memory_available:

@@ -6,7 +6,7 @@ Three sources of cases:
     The original study's twelve test cases, numbered as it numbered them
     (select 1, 1000, 2000; threaded 1, 10000, 30000, 35000; epoll 1, 10000,
     40000, 45000, 100000), then the architectures it did not have (poll,
-    epoll-reuseport, epoll-threads, asyncio, uvloop), each on the original's
+    epoll-reuseport, epoll-threads, asyncio, uvloop, gevent, trio), each on the original's
     ladders merged: 1, 1000, 2000, 10000, 30000, 35000, 40000, 45000, 100000.
     Every connection sends "Gary's spamming" (15 bytes) 100 times.
 ``quick``
@@ -89,6 +89,8 @@ SERVERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "epoll-threads": ("epoll", ("--worker-mode", "thread")),
     "asyncio": ("asyncio", ()),
     "uvloop": ("uvloop", ()),
+    "gevent": ("gevent", ()),
+    "trio": ("trio", ()),
     "uring": ("uring", ()),
 }
 
@@ -113,8 +115,9 @@ _ORIGINAL: tuple[tuple[str, int, str], ...] = (
     ("epoll", 45000, "passed"),
     ("epoll", 100000, "passed"),
 )
-_NEW_SERVERS = ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop")
-_URING_SERVERS = ("uring",)  # issue 12: on the same ladder
+_NEW_SERVERS: tuple[str, ...] = ("poll", "epoll-reuseport", "epoll-threads", "asyncio", "uvloop")
+_NEW_SERVERS += ("gevent", "trio")  # the servers Python users pick instead of writing a loop
+_NEW_SERVERS += ("uring",)  # issue 12: io_uring, on the same ladder
 _MERGED_LADDER = (1, 1000, 2000, 10000, 30000, 35000, 40000, 45000, 100000)
 
 # Fixed-rate cases: the same message rate whatever the number of connections,
@@ -144,6 +147,8 @@ _QUICK: tuple[tuple[str, int], ...] = (
     ("epoll-threads", 1000),
     ("asyncio", 1000),
     ("uvloop", 1000),
+    ("gevent", 1000),
+    ("trio", 1000),
     ("uring", 1000),
 )
 
@@ -231,13 +236,13 @@ def _numbered(pairs: Iterable[tuple[str, int]], **kw: Any) -> tuple[Case, ...]:
 def seed_matrix() -> Matrix:
     """The original's 12 cases, then the architectures it did not have."""
     cases = [Case(i, s, n, original=o) for i, (s, n, o) in enumerate(_ORIGINAL, start=1)]
-    for server in (*_NEW_SERVERS, *_URING_SERVERS):
+    for server in _NEW_SERVERS:
         for n in _MERGED_LADDER:
             cases.append(Case(len(cases) + 1, server, n))
     _add_scan(cases, _SEED_SCAN)
-    return Matrix("seed", tuple(cases), "the original study's 12 cases, plus the same ladders "
-                  "for poll, epoll-reuseport, epoll-threads, asyncio and uvloop, plus fixed-rate "
-                  f"cases ({SCAN_RATE} messages/s over all connections)")
+    new = ", ".join(_NEW_SERVERS[:-1]) + " and " + _NEW_SERVERS[-1]
+    return Matrix("seed", tuple(cases), f"the original study's 12 cases, plus the same ladders for {new}, "
+                  f"plus fixed-rate cases ({SCAN_RATE} messages/s over all connections)")
 
 
 def _add_scan(cases: list[Case], pairs: Iterable[tuple[str, int]]) -> None:

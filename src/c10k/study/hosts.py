@@ -7,7 +7,9 @@ sampler still sees its process tree), and the load is one
 ``c10k.topology.clientload`` run spread over the client hosts, pinned to CPU 1.
 On two cores the server and the clients then stop sharing a CPU, as on
 separate machines. A case's link (its own, else ``--link``) is put on the
-client hosts' veths right before its server starts.
+client hosts' veths (or handed to the userspace delay line, which then runs
+pinned to the clients' CPU, so that the server's CPU stays the server's)
+right before its server starts.
 """
 
 from __future__ import annotations
@@ -91,8 +93,12 @@ class NetnsCommands(Commands):
 
 
 @contextmanager
-def netns_commands(clients: int = 2, link: Link | None = None, **kw: Any) -> Iterator[NetnsCommands]:
+def netns_commands(clients: int = 2, link: Link | None = None, any_delay: bool = False,
+                   **kw: Any) -> Iterator[NetnsCommands]:
     """A server host and ``clients`` client hosts for the length of the block; all removed after it.
+
+    ``any_delay``: some case will ask for a delay or loss, so the run needs
+    netem or, without it, the userspace delay line (pinned to the clients' CPU).
 
     Raises:
         UsageError: the machine cannot do it (not root, no iproute2, no netem for a delay).
@@ -100,7 +106,7 @@ def netns_commands(clients: int = 2, link: Link | None = None, **kw: Any) -> Ite
     """
     link = link or Link()
     server_cpu, client_cpu = _cpus()
-    with Topology.create(clients, link) as topo:
+    with Topology.create(clients, link, any_delay=any_delay, line_cpu=client_cpu) as topo:
         cmds = NetnsCommands(host=topo.plan.server.address, topo=topo, default_link=link,
                              server_cpu=server_cpu, client_cpu=client_cpu, **kw)
         yield cmds

@@ -1,6 +1,7 @@
 """The report's network parts: which network a study used, and how a round trip changes the results.
 
-``network_line`` says loopback or namespaces (addresses, CPUs, link).
+``network_line`` says loopback or namespaces (addresses, CPUs, link, and
+what carried the link: netem on veth pairs, or the userspace delay line).
 ``rtt_chart`` draws messages/s and p99 against the round-trip time the link
 added, per architecture, one column per connection count (the ``wan``
 matrix). ``rtt_notes`` puts the closed loop's arithmetic next to it: a
@@ -29,11 +30,19 @@ __all__ = ["RTT_CHART", "RTT_CAPTION", "network_line", "rtt_of", "rtt_chart", "r
 
 RTT_CHART = "rtt.png"
 RTT_CAPTION = ("Messages/s (top) and p99 response time (bottom) against the round trip the link adds "
-               "between the client hosts and the server, per architecture (x: the case failed).")
+               "between the client hosts and the server, per architecture (x: the case failed; black bar: "
+               "N / RTT, the most a closed loop of N connections can ask for).")
 
 
 def network_line(topology: dict[str, Any]) -> str:
     """One sentence: the network the study's cases ran over."""
+    if topology.get("kind") == "container":
+        dropped = topology.get("nft_tables_removed")
+        tables = (f" The nftables tables that publishing made ({', '.join(dropped)}) were removed after the run."
+                  if dropped else "")
+        return (f"Network: loopback to a port {topology.get('engine', 'podman')} published on "
+                f"{topology.get('server', '127.0.0.1')}, NATed into the server's container (its own network "
+                f"namespace on the container bridge), client and server on one kernel.{tables}")
     if topology.get("kind") != "netns":
         return f"Network: loopback ({topology.get('server', '127.0.0.1')}), client and server on one kernel."
     clients = topology.get("clients") or []
@@ -43,7 +52,14 @@ def network_line(topology: dict[str, Any]) -> str:
     link = (topology.get("link") or {}).get("spec") or "none"
     ports = topology.get("client_port_range")
     ports_text = f" ephemeral ports {ports[0]}–{ports[1]} per client host;" if ports else ""
-    return (f"Network: network namespaces on a bridge: server {topology.get('server')}, "
+    if topology.get("link_carrier") == "userspace delay line":
+        line_cpu = topology.get("delay_line_cpu")
+        on = f"on CPU {line_cpu}" if line_cpu is not None else "unpinned"
+        where = ("network namespaces joined by a userspace delay line (one process forwarding the hosts' "
+                 f"TAP frames after the link's delay, {on}; every case crossed it, 0 ms ones too)")
+    else:
+        where = "network namespaces on a bridge (links by netem/tbf)"
+    return (f"Network: {where}: server {topology.get('server')}, "
             f"{len(clients)} client host(s) {', '.join(clients)};{cpu}{ports_text} link {link!r} each way "
             "(a case's own link, if it has one, instead).")
 
@@ -95,6 +111,8 @@ def rtt_chart(study: StudyResult, path: Path) -> bool:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color, label=server)
                 bad = [p for p in points if not p[2]]
                 ax.scatter([p[0] for p in bad], [p[1] for p in bad], marker="x", s=80, color="#b00020", zorder=3)
+            if row == 0:
+                _draw_ceiling(ax, n, rtts, max((p[1] for pts in by_server.values() for p in pts), default=0.0))
             ax.set_xticks(range(len(rtts)), [f"{rtt:g} ms" for rtt in rtts])
             ax.set_xlabel("round trip added by the link")
             ax.set_ylabel(label)
@@ -109,6 +127,16 @@ def rtt_chart(study: StudyResult, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _draw_ceiling(ax: Any, connections: int, rtts: list[float], highest: float) -> None:
+    # N / RTT: what a closed loop of N connections can ask for at most. Drawn
+    # only where it is near the measured figures, or it would flatten them.
+    points = [(i, connections / (rtt / 1000.0)) for i, rtt in enumerate(rtts) if rtt > 0]
+    points = [(i, c) for i, c in points if c <= 1.5 * highest]
+    if points:
+        ax.scatter([p[0] for p in points], [p[1] for p in points], marker="_", s=600, color="black", zorder=4,
+                   label="N / RTT ceiling")
 
 
 def rtt_notes(study: StudyResult) -> list[str]:

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from c10k.errors import C10kError, UsageError
 from c10k.study.cases import SERVERS
 
-__all__ = ["prepare_out_dir", "STUDY_FILES"]
+__all__ = ["prepare_out_dir", "default_out", "STUDY_FILES"]
 
 #: Files a study writes at the top of its folder (charts are ``*.png``).
 STUDY_FILES = ("results.json", "results.json.tmp", "REPORT.md", "report.html")
+
+
+def default_out(name: str, root: Path = Path("results")) -> Path:
+    """``results/<name>-<date>-<time>/``: where a study goes when no --out is given."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "study"
+    return root / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def prepare_out_dir(out: Path, *, force: bool) -> None:

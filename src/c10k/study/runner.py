@@ -11,6 +11,11 @@ Each case runs in ``OUT/<server>/<connections>/``:
 The two command lines are built in ``Commands`` and nowhere else, so an option
 that changes name is a one-line fix, and tests can swap in a stand-in server.
 Nothing here raises because a case failed: a failure is a result.
+
+How the runner meets its server (ready, pid to sample, stop, clean-up) is in
+``Commands`` too, so that ``study.container`` can run the server in a container.
+Over 500 lines because one case's life (start, watch, stop, clean up) reads
+best in one place, with the study loops that call it.
 """
 
 from __future__ import annotations
@@ -103,6 +108,32 @@ class Commands:
         """The network the cases run over, for results.json (``study.hosts`` has the netns one)."""
         return {"kind": "loopback", "server": self.host}
 
+    # How the runner meets the server it started; ``study.container`` replaces
+    # these for a server in a container (its port, pid and stop are podman's).
+
+    def wait_ready(self, server: subprocess.Popen[bytes], lines: queue.Queue[str | None]) -> tuple[str, int] | None:
+        """(host, port) once the server serves, None if it never does: its ``listening on`` line."""
+        return _wait_listening(lines, self.start_timeout_s)
+
+    def server_pid(self, server: subprocess.Popen[bytes]) -> int:
+        """The root of the process tree the sampler watches."""
+        return server.pid
+
+    def stop_server(self, server: subprocess.Popen[bytes]) -> None:
+        """Ask the server to stop (the runner then waits for it to exit)."""
+        server.send_signal(signal.SIGTERM)
+
+    def server_gone(self, case_dir: Path) -> None:
+        """Called once the case's server process has ended, even after a failure or Ctrl-C."""
+
+    def label(self, case: Case) -> str:
+        """The server's name in the results (the case's own, unless it ran differently)."""
+        return case.server
+
+    def runs_in(self) -> dict[str, Any] | None:
+        """Where the last case's server ran, if not as a process of this machine, for results.json."""
+        return None
+
     def connect_deadline_s(self, case: Case) -> float:
         """Seconds the server has to hold every connection (its descriptors, summed)."""
         return self.connect_grace_s + case.connections / 1000.0
@@ -131,6 +162,7 @@ class CaseResult:
     server_exit: int | None = None
     load_status: int | None = None
     duration_s: float = 0.0
+    container: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -159,6 +191,7 @@ class CaseResult:
             "server_exit": self.server_exit,
             "load_status": self.load_status,
             "duration_s": round(self.duration_s, 3),
+            "container": self.container,
         }
 
 
@@ -189,7 +222,7 @@ class StudyResult:
             usage.series = [tuple(row) for row in usage.series]  # type: ignore[misc]
             results.append(CaseResult(case, c["status"], c["reason"], c.get("directory", ""),
                                       c.get("summary"), usage, c.get("server_stats"), c.get("server_exit"),
-                                      c.get("load_status"), c.get("duration_s", 0.0)))
+                                      c.get("load_status"), c.get("duration_s", 0.0), c.get("container")))
         return cls(data.get("matrix", "study"), results, data.get("machine", {}),
                    data.get("started_at", ""), data.get("duration_s", 0.0), list(data.get("notes", [])),
                    topology=data.get("topology") or {"kind": "loopback"})
@@ -357,7 +390,7 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
         lines: queue.Queue[str | None] = queue.Queue()
         pump = threading.Thread(target=_pump_lines, args=(server.stdout, lines), daemon=True)
         pump.start()
-        address = _wait_listening(lines, commands.start_timeout_s)
+        address = commands.wait_ready(server, lines)
         if address is None:
             ev.started = False
             try:
@@ -366,7 +399,7 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
                 ev.exit_status = None
         else:
             host, port = address
-            sampler = ProcessTreeSampler(server.pid)
+            sampler = ProcessTreeSampler(commands.server_pid(server))
             sampler.start()
             ev.load_timeout_s = commands.timeout_s(case)
             with load_log.open("wb") as log:
@@ -384,7 +417,7 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
                     pass
             ev.exited_early = server.poll() is not None
             if not ev.exited_early:
-                server.send_signal(signal.SIGTERM)
+                commands.stop_server(server)
                 try:
                     server.wait(timeout=commands.shutdown_timeout_s + commands.stop_grace_s)
                 except subprocess.TimeoutExpired:
@@ -403,14 +436,15 @@ def run_case(case: Case, out_dir: Path, commands: Commands | None = None) -> Cas
                 server.stdout.close()
         if sampler is not None:
             _kill_leftovers(sampler.known_processes())
+        commands.server_gone(case_dir)
     ev.stderr_tail = _tail(server_log)
     ev.load_stderr_tail = _tail(load_log)
     ev.stats = _read_json(stats_file)
     ev.summary = _read_json(case_dir / "summary.json")
     ev.usage = usage.to_json()
     status, reason = decide(ev)
-    return CaseResult(case, status, reason, rel, ev.summary, usage, ev.stats,
-                      ev.exit_status, ev.load_status, time.monotonic() - t0)
+    return CaseResult(replace(case, server=commands.label(case)), status, reason, rel, ev.summary, usage,
+                      ev.stats, ev.exit_status, ev.load_status, time.monotonic() - t0, commands.runs_in())
 
 
 #: Called before a case (result None) and after it (with its result).

@@ -8,12 +8,13 @@ Public API::
         print(topo.plan.server.address, [h.address for h in topo.plan.clients])
 
 ``plan.py`` (names, addresses) and ``link.py`` (link specs -> tc commands) are
-pure; ``netns.py`` runs ``ip`` and ``tc`` (root); ``clientload.py`` runs one
-load spread over the client hosts.
+pure; ``netns.py`` runs ``ip`` and ``tc`` (root); ``delayline.py`` carries
+delay and loss in userspace where the kernel has no netem; ``clientload.py``
+runs one load spread over the client hosts.
 """
 
 from c10k.topology.link import Link, parse_link
-from c10k.topology.netns import Topology, check_can_run, probe, probe_line, remove_stale, require_netem
+from c10k.topology.netns import Topology, check_can_run, probe, probe_line, remove_stale, require_delay
 from c10k.topology.plan import MAX_CLIENTS, Host, HostPlan, plan_hosts
 
 __all__ = [
@@ -28,5 +29,5 @@ __all__ = [
     "probe",
     "probe_line",
     "remove_stale",
-    "require_netem",
+    "require_delay",
 ]

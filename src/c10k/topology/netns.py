@@ -12,6 +12,12 @@ process dies, however it dies (SIGKILL included). So at the start of a run,
 it can take (or that has none): the run that made it is gone. Processes still
 inside a stale namespace are killed first, since a namespace with processes
 in it outlives ``ip netns del`` (and so would its veth, on our bridge).
+
+Two carriers (``choose_carrier``): veth pairs on a bridge, shaped by tc (netem
+for delay and loss, tbf for a rate), or, where the kernel has no netem (or
+``C10K_DELAY=userspace``), TAP devices joined by the userspace delay line
+(``delayline.py``), which then carries every case of the run, unshaped ones
+too, so that cases differ by their link and not by their path.
 """
 
 from __future__ import annotations
@@ -30,16 +36,21 @@ from pathlib import Path
 from typing import Any
 
 from c10k.errors import C10kError, UsageError
+from c10k.topology.delayline import MECHANISM, TAP_MTU, DelayLineProcess, tap_available
 from c10k.topology.link import Link
 from c10k.topology.plan import HostPlan, new_run_id, plan_hosts, run_id_of
 
 __all__ = ["Topology", "check_can_run", "enter_namespace", "namespace_fd", "remove_stale",
-           "list_namespaces", "list_links", "probe", "probe_line", "require_netem", "wait_gone", "LOCK_DIR"]
+           "list_namespaces", "list_links", "probe", "probe_line", "require_delay", "choose_carrier",
+           "wait_gone", "LOCK_DIR", "TAP_TXQUEUELEN"]
 
 LOCK_DIR = Path("/run/c10k")
 #: Client hosts' ephemeral ports: all but the well-known ones, ~4x the default
 #: range, so one client address can hold tens of thousands of connections.
 CLIENT_PORT_RANGE = (1024, 65535)
+#: Frames a host's TAP holds for the delay line before it drops them (tun's
+#: default is 1000, under what 10,000 connections send in one burst).
+TAP_TXQUEUELEN = 100_000
 _NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -173,31 +184,42 @@ class Topology:
 
     Attributes:
         plan: names and addresses (``plan_hosts``).
-        link: the link currently shaping every client host's veth pair.
+        link: the link currently shaping every client host's veth pair (or the line).
         removed_stale: names of a killed run's leftovers removed before this one.
+        carrier: "netem" (veth pairs on a bridge, tc) or "userspace" (TAPs and the delay line).
     """
 
     plan: HostPlan
     link: Link
     removed_stale: list[str]
     _lock_fd: int = -1
+    carrier: str = "netem"
+    line_cpu: int | None = None
+    line: DelayLineProcess | None = None
 
     @classmethod
-    def create(cls, clients: int, link: Link | None = None) -> Topology:
+    def create(cls, clients: int, link: Link | None = None, any_delay: bool = False,
+               line_cpu: int | None = None) -> Topology:
         """Remove stale leftovers, then make the hosts; on any failure remove what was made.
 
+        Args:
+            any_delay: some case of the run will ask for a delay or loss (this
+                picks the carrier for the whole run, see ``choose_carrier``).
+            line_cpu: the CPU the userspace delay line is pinned to, if it runs.
+
         Raises:
-            UsageError: not root, no iproute2, or a link needing netem on a kernel without it.
+            UsageError: not root, no iproute2, or a delay the kernel and this process cannot give.
             C10kError: a command failed.
         """
         check_can_run()
         link = link or Link()
-        if link.needs_netem:
-            require_netem()
+        carrier = choose_carrier(any_delay or link.needs_netem)
+        if any_delay or link.needs_netem:
+            require_delay(carrier)
         stale = remove_stale()
         run_id = new_run_id()
         fd = _hold_lock(run_id)
-        topo = cls(plan_hosts(clients, run_id), Link(), stale, fd)
+        topo = cls(plan_hosts(clients, run_id), Link(), stale, fd, carrier=carrier, line_cpu=line_cpu)
         try:
             with _signals_deferred():
                 topo._build()
@@ -217,25 +239,48 @@ class Topology:
         p = self.plan
         for ns in p.namespaces:
             _run("ip", "netns", "add", ns)
-        _run("ip", "link", "add", p.bridge, "type", "bridge")
-        _run("ip", "link", "set", p.bridge, "up")
-        for h in p.hosts:
-            _run("ip", "link", "add", h.veth, "type", "veth", "peer", "name", h.interface, "netns", h.namespace)
-            _run("ip", "link", "set", h.veth, "master", p.bridge, "up")
-            _run("ip", "-n", h.namespace, "link", "set", "lo", "up")
-            _run("ip", "-n", h.namespace, "addr", "add", f"{h.address}/{p.prefix_len}", "dev", h.interface)
-            _run("ip", "-n", h.namespace, "link", "set", h.interface, "up")
+        if self.carrier == "userspace":
+            self._build_taps()
+        else:
+            self._build_bridge()
         lo, hi = CLIENT_PORT_RANGE
         for h in p.clients:
             _run("ip", "netns", "exec", h.namespace, "sysctl", "-q", "-w",
                  f"net.ipv4.ip_local_port_range={lo} {hi}")
 
+    def _build_bridge(self) -> None:
+        p = self.plan
+        _run("ip", "link", "add", p.bridge, "type", "bridge")
+        _run("ip", "link", "set", p.bridge, "up")
+        for h in p.hosts:
+            _run("ip", "link", "add", h.veth, "type", "veth", "peer", "name", h.interface, "netns", h.namespace)
+            _run("ip", "link", "set", h.veth, "master", p.bridge, "up")
+            self._address(h.namespace, h.interface, h.address)
+
+    def _build_taps(self) -> None:
+        # The line makes each host's eth0 (a TAP) in its namespace; the
+        # addresses, MTU and queue length are set here, once they exist.
+        self.line = DelayLineProcess.start(self.plan.namespaces, self.line_cpu)
+        for h in self.plan.hosts:
+            _run("ip", "-n", h.namespace, "link", "set", h.interface, "mtu", str(TAP_MTU),
+                 "txqueuelen", str(TAP_TXQUEUELEN))
+            self._address(h.namespace, h.interface, h.address)
+
+    def _address(self, namespace: str, interface: str, address: str) -> None:
+        _run("ip", "-n", namespace, "link", "set", "lo", "up")
+        _run("ip", "-n", namespace, "addr", "add", f"{address}/{self.plan.prefix_len}", "dev", interface)
+        _run("ip", "-n", namespace, "link", "set", interface, "up")
+
     def set_link(self, link: Link) -> None:
         """Shape both ends of every client host's veth pair (replacing the previous link)."""
         if link == self.link:
             return
+        if self.line is not None:
+            self.line.set_link(link)
+            self.link = link
+            return
         if link.needs_netem:
-            require_netem()
+            require_delay("netem")
         with _signals_deferred():
             for h in self.plan.clients:
                 for ns, dev in ((h.namespace, h.interface), (None, h.veth)):
@@ -251,6 +296,9 @@ class Topology:
         if self._lock_fd < 0:
             return
         with _signals_deferred():
+            if self.line is not None:
+                self.line.stop()
+                self.line = None
             _remove(self.plan.namespaces, self.plan.links)
             _release_lock(self.plan.run_id, self._lock_fd)
             self._lock_fd = -1
@@ -258,7 +306,9 @@ class Topology:
     def to_json(self) -> dict[str, Any]:
         return {"kind": "netns", "server": self.plan.server.address,
                 "clients": [h.address for h in self.plan.clients], "link": self.link.to_json(),
-                "client_port_range": list(CLIENT_PORT_RANGE), "run_id": self.plan.run_id}
+                "client_port_range": list(CLIENT_PORT_RANGE), "run_id": self.plan.run_id,
+                "link_carrier": MECHANISM if self.carrier == "userspace" else "netem",
+                "delay_line_cpu": self.line_cpu if self.carrier == "userspace" else None}
 
 
 @contextmanager
@@ -322,15 +372,39 @@ def probe_line() -> str:
     yes = {True: "yes", False: "no"}
     line = (f"--topology netns: namespaces {yes[f['netns']]}, link delay/loss (netem) {yes[f['netem']]}, "
             f"link rate (tbf) {yes[f['tbf']]}")
+    line += f", userspace delay line (TAP) {yes[tap_available()]}"
     return line + (f" ({f['why']})" if f["why"] else "")
 
 
-def require_netem() -> None:
-    """UsageError unless netem works here (a delay or loss cannot be applied without it)."""
+def choose_carrier(needs_delay: bool) -> str:
+    """What carries a run's links: "netem" (veth, bridge, tc) or "userspace" (the delay line).
+
+    ``C10K_DELAY`` decides when set to ``netem`` or ``userspace``; by default
+    (``auto``) the delay line only when a delay or loss is needed and the
+    kernel has no netem.
+
+    Raises:
+        UsageError: ``C10K_DELAY`` holds another word.
+    """
+    choice = os.environ.get("C10K_DELAY", "").strip().lower() or "auto"
+    if choice not in ("auto", "netem", "userspace"):
+        raise UsageError(f"C10K_DELAY must be auto, netem or userspace, not {choice!r}")
+    if choice == "auto":
+        return "userspace" if needs_delay and not probe()["netem"] else "netem"
+    return choice
+
+
+def require_delay(carrier: str | None = None) -> None:
+    """UsageError unless a delay or loss can be applied here by ``carrier`` (default: the chosen one)."""
+    carrier = carrier or choose_carrier(True)
+    if carrier == "userspace":
+        if not tap_available():
+            raise UsageError("--link delay/loss without netem needs /dev/net/tun for the userspace delay line")
+        return
     f = probe()
     if not f["netem"]:
         raise UsageError("--link delay/loss needs the netem qdisc, which this kernel lacks "
-                         f"({f['why'] or 'probe failed'}); 'rate' works with tbf")
+                         f"({f['why'] or 'probe failed'}); C10K_DELAY=userspace uses a userspace delay line")
 
 
 def wait_gone(names: Sequence[str], timeout_s: float = 10.0) -> bool:
