@@ -42,6 +42,7 @@ VARIANTS = {
     "uvloop": ["serve", "uvloop"],
     "gevent": ["serve", "gevent"],
     "trio": ["serve", "trio"],
+    "uring": ["serve", "uring", "--workers", "1"],
 }
 
 
