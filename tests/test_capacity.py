@@ -104,8 +104,8 @@ def _peak_rss_of_load(port: int, *args: str) -> tuple[int, int]:
 def test_planned_memory_is_within_2x_of_the_real_peak(serve, tmp_path, connections, size, count):
     server = serve("epoll", "--workers", "1")
     status, peak = _peak_rss_of_load(server.address[1], "-c", str(connections), "--size", str(size),
-                                     "-n", str(count), "--out", str(tmp_path / "out"))
-    assert status == 0
+                                     "-n", str(count), "--timeout", "300", "--out", str(tmp_path / "out"))
+    assert status == 0, (tmp_path / "out" / "summary.json").read_text()[:2000]
     plan = plan_load("127.0.0.1", server.address[1], connections, processes=1, samples=connections * count,
                      message_size=size)
     user = plan.memory_bytes - capacity.kernel_bytes(connections)
