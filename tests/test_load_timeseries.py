@@ -80,3 +80,30 @@ def test_closed_loop_series_counts_every_echo_with_and_without_folding(tmp_path:
         assert sum(row[2] for row in r.timeseries) == r.summary["messages"]["echoed"] == 1800
     assert exact.summary["latency_precision"] == "exact"
     assert folded.summary["latency_precision"] == "hdr 3 significant digits"
+
+
+def test_the_study_report_draws_each_cases_time_series(tmp_path: Path) -> None:
+    from c10k.load.timeseries import write_timeseries
+    from c10k.study.cases import Case
+    from c10k.study.report import write_report
+    from c10k.study.runner import CaseResult, StudyResult
+    from c10k.study.timeseries_report import TIMESERIES_CHART, read_timeseries
+
+    cases = [CaseResult(Case(1, "epoll", 10), "passed", "ok", "epoll/10"),
+             CaseResult(Case(2, "poll", 10), "passed", "ok", "poll/10"),
+             CaseResult(Case(3, "select", 10), "failed", "never started", "select/10")]
+    for r, scale in zip(cases[:2], (1.0, 3.0), strict=True):
+        (tmp_path / r.directory).mkdir(parents=True)
+        write_timeseries([(s, 10, 1000 * s, 0, 100.0 * scale, 900.0 * scale) for s in range(4)]
+                         + [(4, 0, 0, 0, float("nan"), float("nan"))], tmp_path / r.directory / "timeseries.csv")
+    assert read_timeseries(tmp_path / "poll/10/timeseries.csv")[1] == (1, 1000, 2.7)
+    assert read_timeseries(tmp_path / "select/10/timeseries.csv") == []
+    written = write_report(StudyResult("t", cases, {}, "2026-01-01T00:00:00Z"), tmp_path)
+    assert tmp_path / TIMESERIES_CHART in written
+    assert (tmp_path / TIMESERIES_CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"![{TIMESERIES_CHART}]({TIMESERIES_CHART})" in (tmp_path / "REPORT.md").read_text()
+    assert f'alt="{TIMESERIES_CHART}"' in (tmp_path / "report.html").read_text()
+    # no time series anywhere: no chart
+    bare = tmp_path / "bare"
+    write_report(StudyResult("t", cases[2:], {}, "2026-01-01T00:00:00Z"), bare)
+    assert not (bare / TIMESERIES_CHART).exists()

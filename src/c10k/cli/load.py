@@ -255,7 +255,6 @@ def _run_with_bar(settings: LoadSettings, plan: LoadPlan) -> LoadResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from c10k.load import run_settings
-
     from c10k.text import latency_words
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),

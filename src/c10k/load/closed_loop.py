@@ -115,15 +115,19 @@ class ClosedLoop(Phase):
                 self.histogram.add(self.view[j * self.cap:j * self.cap + n], j)
 
     def samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ns, local connection) of the samples still in the slots, after the run."""
+        """(latency ns, local connection) of the samples still in the slots, after the run.
+
+        Each connection's samples are moved down to follow the previous one's, in
+        place: the result is a view of the slots, so the end of a run near the
+        budget does not need the budget again for a copy.
+        """
         counts = np.asarray(self.t.echoed, dtype=np.int64) - np.asarray(self.folded, dtype=np.int64)
-        total = int(counts.sum())
-        conn = np.repeat(np.arange(counts.size, dtype=np.int32), counts)
-        if not total:
-            return np.zeros(0, np.int64), conn
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        idx = conn.astype(np.int64) * self.cap + (np.arange(total) - np.repeat(starts, counts))
-        return self.view[idx], conn
+        view, cap, total = self.view, self.cap, 0
+        for j, n in enumerate(counts.tolist()):
+            if n and total != j * cap:
+                view[total:total + n] = view[j * cap:j * cap + n]  # overlapping moves go left: safe
+            total += n
+        return view[:total], np.repeat(np.arange(counts.size, dtype=np.int32), counts)
 
     def scan_timeouts(self, now: int) -> None:
         self.ramp.scan_timeouts(now)

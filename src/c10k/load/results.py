@@ -73,7 +73,7 @@ class ProcessResult:
         return len(self.errors)
 
     def save(self, path: Path) -> None:
-        folded: dict[str, np.ndarray] = {}
+        folded: dict[str, Any] = {}
         h = self.histogram
         if h is not None:
             stats = h.connection_stats()
