@@ -139,3 +139,24 @@ def test_fifty_million_samples_stay_within_the_budget() -> None:
     growth = got["peak"] - got["before"]
     # raw, they would take 400 MB; the budget's slots plus the histograms and a fold's temporaries
     assert growth < 64 * 2**20 + 40 * 2**20, growth
+
+
+@pytest.mark.timeout(120)
+def test_sample_budget_option_reaches_the_engines(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from c10k.cli import main
+    from test_load_faults import ThreadServer, echo
+
+    srv = ThreadServer(echo)
+    try:
+        status = main(["load", "-p", str(srv.port), "-c", "4", "-n", "300", "--processes", "2",
+                       "--sample-budget", "1KiB", "--out", str(tmp_path), "--json"])
+    finally:
+        srv.close()
+    assert status == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["sample_budget_bytes"] == 1024
+    assert s["latency_precision"] == "hdr 3 significant digits" and s["messages"]["echoed"] == 1200
+    from hdrh.histogram import HdrHistogram
+
+    assert HdrHistogram.decode(s["latency_hdr"]).get_total_count() == 1200
+    assert (tmp_path / "timeseries.csv").read_text().startswith("second,open,echoes,errors,p50_us,p99_us\n")
