@@ -40,6 +40,9 @@ from test_load_faults import ThreadServer, echo
         ["--rate", "10", "--duration", "inf"],
         ["--connect-rate", "nan"],
         ["--timeout", "inf"],
+        ["--sample-budget", "100"],
+        ["--sample-budget", "lots"],
+        ["--sample-budget", "64 parsecs"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -144,13 +144,17 @@ def kernel_bytes(connections: int, *, loopback: bool = True) -> int:
 
 
 def load_memory_bytes(connections: int, processes: int, *, message_size: int, samples: int,
-                      in_flight: int = 1, loopback: bool = True) -> int:
+                      in_flight: int = 1, loopback: bool = True, sample_budget: int | None = None) -> int:
     """Memory a load run needs: kernel sockets plus every load process's user space.
 
     A message costs memory in every process (a few copies of it) and in every
     connection that has one in flight (its partial echo). ``in_flight`` is how
-    many messages a connection may have outstanding (1 in a closed loop).
+    many messages a connection may have outstanding (1 in a closed loop). A
+    process keeps at most ``sample_budget`` bytes of 8-byte samples (None: no
+    limit); the rest are folded into a histogram of constant size.
     """
+    if sample_budget is not None:
+        samples = min(samples, processes * (sample_budget // 8))
     per_process = LOAD_PROCESS_BYTES + LOAD_MESSAGE_COPIES_PER_PROCESS * message_size
     per_connection = LOAD_BYTES_PER_CONNECTION + int(in_flight * LOAD_MESSAGE_COPIES_PER_CONNECTION
                                                      * message_size)

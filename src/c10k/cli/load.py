@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "load", help="run an echo load: connections x messages, every byte checked and timed",
         description="Open CONNECTIONS connections to an echo server (all at once by default), send MESSAGE "
                     "COUNT times on each, check every echo byte for byte and time every round trip. "
-                    "Writes OUT/summary.json and OUT/connections.csv. Exit 0 only when every "
+                    "Writes OUT/summary.json, OUT/connections.csv and OUT/timeseries.csv. Exit 0 only when every "
                     "connection was established and every message came back byte-exact, 1 otherwise, 2 for "
                     "usage errors, 130 after Ctrl-C and 143 after SIGTERM (what was measured is still written).")
     # Defaults are None so that "no arguments at all" can be told apart (the interactive mode).
@@ -49,6 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="open loop: seconds of sending")
     p.add_argument("--no-barrier", dest="barrier", action="store_false", default=None,
                    help="start each connection's messages as soon as it connects")
+    p.add_argument("--sample-budget", type=_size_bytes, metavar="SIZE",
+                   help="raw latency samples each load process keeps, exact percentiles (default 64MiB); past "
+                        "it they are folded into an HDR histogram (3 significant digits) and the summary gives "
+                        "each percentile's error bound. SIZE: bytes or e.g. 512KiB, 64MiB, 1GiB")
     p.add_argument("--out", metavar="DIR", help=f"results directory (default {DEFAULTS['out']})")
     p.add_argument("-q", "--quiet", action="store_true", default=None, help="print nothing unless it fails")
     p.add_argument("--json", action="store_true", default=None,
@@ -73,6 +77,20 @@ def _latency_us(text: str) -> float:
         return parse_seconds(text, default_unit="ms") * 1e6
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30}
+
+
+def _size_bytes(text: str) -> int:
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = _UNITS.get(found.group(2).lower()) if found else None
+    if found is None or unit is None:
+        raise argparse.ArgumentTypeError(f"not a size (bytes, or e.g. 512KiB, 64MiB, 1GiB): {text!r}")
+    return int(float(found.group(1)) * unit)
 
 
 def _count(text: str) -> int:
@@ -119,7 +137,7 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
     if all(getattr(args, k) is None for k in ("host", "port", "message", "size", "count", "connections",
                                                 "processes", "connect_rate", "timeout", "source_ip", "rate",
                                                 "duration", "barrier", "out", "quiet", "json", "dry_run", "tune",
-                                                "max_p50", "max_p99", "max_errors", "min_rate")) \
+                                                "max_p50", "max_p99", "max_errors", "min_rate", "sample_budget")) \
             and sys.stdin.isatty():
         _ask(args)
     if args.rate is not None and args.rate == 0:
@@ -139,7 +157,8 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
     return LoadSettings(
         host=args.host, port=args.port, message=message, count=args.count, connections=args.connections,
         processes=args.processes, connect_rate=args.connect_rate, timeout=args.timeout, source_ips=tuple(sources),
-        barrier=args.barrier is not False, rate=args.rate, duration=args.duration, tune=bool(args.tune))
+        barrier=args.barrier is not False, rate=args.rate, duration=args.duration, tune=bool(args.tune),
+        **({} if args.sample_budget is None else {"sample_budget": args.sample_budget}))
 
 
 def _thresholds(args: argparse.Namespace) -> Any:
@@ -210,14 +229,14 @@ def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int |
         print(json.dumps(s, indent=1))
     elif live:
         _print_table(s)
-        print(f"wrote {summary_path} and {csv_path}")
+        print(f"wrote {summary_path}, {csv_path} and timeseries.csv")
     elif not quiet:
         lat = s["latency_us"]
         print(f"{s['messages']['echoed']:,} echoed on {s['connections']['completed']:,}/"
               f"{plural(s['connections']['requested'], 'connection')} in {s['elapsed_s']:.3f} s "
               f"({s['messages_per_s']:,.0f} msg/s, connect {s['connect_s']:.3f} s); latency "
               f"p50 {latency_words(lat['p50'])} p99 {latency_words(lat['p99'])} max {latency_words(lat['max'])}; "
-              f"wrote {summary_path} and {csv_path}")
+              f"wrote {summary_path}, {csv_path} and timeseries.csv")
     if s.get("interrupted") or signum is not None:
         print(f"c10k load: interrupted; wrote what was measured to {summary_path}", file=sys.stderr)
         return 128 + (signum or signal.SIGINT)  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
@@ -237,18 +256,23 @@ def _run_with_bar(settings: LoadSettings, plan: LoadPlan) -> LoadResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from c10k.load import run_settings
+    from c10k.text import latency_words
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-               TextColumn("open {task.fields[open]}  errors {task.fields[failed]}"), TimeElapsedColumn())
+               TextColumn("open {task.fields[open]}  errors {task.fields[failed]}{task.fields[live]}"),
+               TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
-        connect = bar.add_task("connecting", total=settings.connections, open=0, failed=0)
-        echo = bar.add_task("echoing", total=max(1, settings.samples), open=0, failed=0, start=False)
+        connect = bar.add_task("connecting", total=settings.connections, open=0, failed=0, live="")
+        echo = bar.add_task("echoing", total=max(1, settings.samples), open=0, failed=0, live="", start=False)
 
         def update(p: Any) -> None:
             bar.update(connect, completed=p.established, open=p.open, failed=p.failed)
             if p.phase == "echoing":
                 bar.start_task(echo)
-                bar.update(echo, completed=p.echoed, open=p.open, failed=p.failed)
+                # the last whole second, over every load process
+                live = "" if p.messages_per_s is None else (
+                    f"  {p.messages_per_s:,} msg/s  p50 {latency_words(p.p50_us)}  p99 {latency_words(p.p99_us)}")
+                bar.update(echo, completed=p.echoed, open=p.open, failed=p.failed, live=live)
 
         result = run_settings(settings, plan=plan, on_progress=update)
         s = result.summary
@@ -276,5 +300,8 @@ def _print_table(s: dict[str, Any]) -> None:
     t.add_row("message phase", f"{s['elapsed_s']:.3f} s, {s['messages_per_s']:.0f} msg/s")
     for k in ("min", "mean", "p50", "p90", "p99", "p999", "max"):
         t.add_row(f"latency {k}", latency_words(lat[k]))
+    if s.get("latency_precision", "exact") != "exact":
+        err = s["latency_error_us"]
+        t.add_row("latency precision", f"{s['latency_precision']} (p99 within {latency_words(err['p99'])})")
     t.add_row("errors", ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "none")
     Console().print(t)

@@ -4,7 +4,10 @@
 (``plan.py``) decides processes and source addresses; ``run_settings`` runs
 one engine per process (``engine.py``; forked and supervised past one process,
 ``supervisor.py``), holds every process at a barrier until all connections are
-open, and merges the raw samples into exact statistics (``results.py``).
+open, and merges the samples into statistics (``results.py``): exact while
+each process's samples fit its ``sample_budget``, from an HDR histogram with
+stated error bounds past it (``latency.py``), plus a per-second time series
+(``timeseries.py``).
 
 Example::
 
@@ -29,6 +32,7 @@ from c10k.load.plan import LoadPlan, plan_load
 from c10k.load.results import LoadResult, ProcessResult, merge_results, write_results
 from c10k.load.settings import DEFAULT_MESSAGE, LoadSettings, make_message
 from c10k.load.supervisor import Progress, run_forked, run_here, stop_signals
+from c10k.load.timeseries import TimeSeries
 
 __all__ = [
     "DEFAULT_MESSAGE",
@@ -51,7 +55,8 @@ def plan_for(settings: LoadSettings) -> LoadPlan:
     """``plan_load`` for these settings."""
     return plan_load(settings.host, settings.port, settings.connections, processes=settings.processes,
                      source_ips=settings.source_ips, samples=settings.samples,
-                     message_size=len(settings.message), tune=settings.tune)
+                     message_size=len(settings.message), tune=settings.tune,
+                     sample_budget=settings.sample_budget)
 
 
 def run_load(host: str = "127.0.0.1", port: int = 7000, *, plan: LoadPlan | None = None,
@@ -78,7 +83,8 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
     Args:
         settings: what to run.
         plan: a plan from ``plan_for(settings)`` (made here when None).
-        on_progress: called about every 0.25 s with a ``Progress``.
+        on_progress: called about every 0.25 s with a ``Progress`` (with the last
+            whole second's messages/s, p50 and p99 once there is one).
 
     Returns:
         A LoadResult; ``result.ok`` is True only when every connection was
@@ -92,20 +98,23 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
     s = settings
     if plan is None:
         plan = plan_for(s)
+    started = time.time()
+    origin = time.monotonic_ns()  # second 0 of the time series, in every process
     specs = [EngineSpec(
         address=plan.address, family=plan.family, message=s.message, count=s.count,
         first=share.first, connections=share.connections, sources=plan.sources,
         connect_rate=s.connect_rate * share.connections / s.connections,
         max_connecting=max(16, 1024 // plan.processes), timeout=s.timeout, barrier=s.barrier,
-        rate=s.rate * share.connections / s.connections, duration=s.duration, index=share.index)
+        rate=s.rate * share.connections / s.connections, duration=s.duration, index=share.index,
+        sample_budget=s.sample_budget, origin_ns=origin)
         for share in plan.shares]
-    started = time.time()
+    series = TimeSeries(len(specs))
     with stop_signals() as stop:
         if len(specs) == 1:
-            parts = [run_here(specs[0], s.connections, s.samples, on_progress)]
+            parts = [run_here(specs[0], s.connections, s.samples, on_progress, series)]
         else:
             try:
-                parts = run_forked(specs, s.connections, s.samples, on_progress)
+                parts = run_forked(specs, s.connections, s.samples, on_progress, series)
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE):
                     raise
@@ -120,6 +129,7 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         "count": s.count,
         "barrier": s.barrier,
         "timeout_s": s.timeout,
+        "sample_budget_bytes": s.sample_budget,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "plan": plan.as_dict(),
     }
@@ -127,4 +137,5 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         extra.update({"rate": s.rate, "duration_s": s.duration})
     if stop.signum is not None:
         extra["stop_signal"] = signal.Signals(stop.signum).name
-    return merge_results(parts, host=s.host, port=s.port, requested=s.connections, extra=extra)
+    return merge_results(parts, host=s.host, port=s.port, requested=s.connections, extra=extra,
+                         timeseries=series.finish())

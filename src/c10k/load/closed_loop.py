@@ -18,6 +18,13 @@ general case. After a partial echo the connection reads only the missing bytes
 
 Without the barrier the ramp is still connecting while messages flow: its
 events come through ``_slow_event`` and each new connection starts at once.
+
+Bounded memory. Each connection's slots are its share of the sample budget
+(``cap``: all ``count`` when every sample fits). When a connection fills its
+slots with messages still to send, the hot path's "last slot" branch
+(``_slots_full``, once per ``cap`` echoes) folds them into the process's
+``LatencyHistogram`` and starts over at the first slot, so the hot path itself
+is the same in both cases.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ import os
 import time
 from array import array
 
+import numpy as np
+
+from c10k.load.latency import LatencyHistogram
 from c10k.load.phase import Phase, ProgressCallback
 from c10k.load.ramp import ConnectRamp
 from c10k.load.table import CONNECTED, RUNNING, ConnectionTable, reason
@@ -37,25 +47,87 @@ class ClosedLoop(Phase):
     """``count`` round trips per connection, one outstanding at a time."""
 
     def __init__(self, table: ConnectionTable, ramp: ConnectRamp, on_progress: ProgressCallback | None,
-                 count: int) -> None:
+                 count: int, sample_budget: int) -> None:
         super().__init__(table, ramp, on_progress)
         self.count = count
+        n = table.connections
+        #: slots per connection: every sample while they all fit the budget
+        self.cap = cap = count if n * count * 8 <= sample_budget else max(1, sample_budget // 8 // n)
         size = table.size
         self.t0 = [0] * size  # send time of the outstanding message
         self.pos = [0] * size  # next latency slot
-        self.end = [0] * size  # one past the last latency slot
-        table.lat = array("q", [0]) * (table.connections * count)
+        self.end = [0] * size  # one past the last latency slot to fill before folding or finishing
+        self.seen = [0] * n  # per connection: first slot the time series has not had yet
+        self.folded = [0] * n  # per connection: echoes already folded into the histogram
+        self.histogram: LatencyHistogram | None = None  # made by the first fold
+        table.lat = array("q", [0]) * (n * cap)
+        self.view = np.frombuffer(table.lat, dtype=np.int64) if n * cap else np.zeros(0, np.int64)
         table.settle = self._settle
 
     def _settle(self, fd: int, j: int, outstanding: bool) -> None:
         """Record a running connection's echo count before it closes."""
         t = self.t
-        t.echoed[j] = self.pos[fd] - self.count * j
+        t.echoed[j] = self.folded[j] + self.pos[fd] - self.cap * j
         t.sent[j] = t.echoed[j] + (1 if outstanding else 0)
+        t.seconds.add(self.view[self.seen[j]:self.pos[fd]])
+        self.seen[j] = self.pos[fd]
 
     def echoed_total(self) -> int:
-        t, pos, count = self.t, self.pos, self.count
-        return int(t.echoed.sum()) + sum(pos[fd] - count * j for fd, j in t.running.items())
+        t, pos, cap, folded = self.t, self.pos, self.cap, self.folded
+        return int(t.echoed.sum()) + sum(folded[j] + pos[fd] - cap * j for fd, j in t.running.items())
+
+    def drain(self) -> None:
+        pos, seen, view = self.pos, self.seen, self.view
+        parts = []
+        for fd, j in self.t.running.items():
+            i = pos[fd]
+            if i > seen[j]:
+                parts.append(view[seen[j]:i])
+                seen[j] = i
+        if parts:
+            self.t.seconds.add(np.concatenate(parts))
+
+    def _slots_full(self, fd: int) -> None:
+        """The connection's last slot was filled: finish it, or fold its slots and go on."""
+        t = self.t
+        j = t.conn[fd]
+        base = j * self.cap
+        done = self.folded[j] + self.pos[fd] - base
+        if done >= self.count:
+            t.finish(fd)
+            return
+        if self.histogram is None:
+            self.histogram = LatencyHistogram(t.connections)
+        i = self.pos[fd]
+        t.seconds.add(self.view[self.seen[j]:i])
+        self.histogram.add(self.view[base:i], j)
+        self.folded[j] = done
+        self.pos[fd] = self.seen[j] = base
+        self.end[fd] = base + min(self.cap, self.count - done)
+        self.t0[fd] = time.monotonic_ns()
+        t.send(fd, t.msg)
+
+    def fold_rest(self) -> None:
+        """After the run, past the budget: fold what is still in the slots, a connection at a time."""
+        assert self.histogram is not None
+        for j, n in enumerate((np.asarray(self.t.echoed) - np.asarray(self.folded)).tolist()):
+            if n:
+                self.histogram.add(self.view[j * self.cap:j * self.cap + n], j)
+
+    def samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(latency ns, local connection) of the samples still in the slots, after the run.
+
+        Each connection's samples are moved down to follow the previous one's, in
+        place: the result is a view of the slots, so the end of a run near the
+        budget does not need the budget again for a copy.
+        """
+        counts = np.asarray(self.t.echoed, dtype=np.int64) - np.asarray(self.folded, dtype=np.int64)
+        view, cap, total = self.view, self.cap, 0
+        for j, n in enumerate(counts.tolist()):
+            if n and total != j * cap:
+                view[total:total + n] = view[j * cap:j * cap + n]  # overlapping moves go left: safe
+            total += n
+        return view[:total], np.repeat(np.arange(counts.size, dtype=np.int32), counts)
 
     def scan_timeouts(self, now: int) -> None:
         self.ramp.scan_timeouts(now)
@@ -70,9 +142,9 @@ class ClosedLoop(Phase):
         count = self.count
         t.state[fd] = RUNNING
         t.running[fd] = j
-        self.pos[fd] = base = j * count
+        self.pos[fd] = self.seen[j] = base = j * self.cap
         t.want[fd] = t.ml
-        self.end[fd] = base + count
+        self.end[fd] = base + min(count, self.cap)
         if not t.message_start_ns:
             t.message_start_ns = now
         if count == 0:
@@ -148,7 +220,7 @@ class ClosedLoop(Phase):
             self.t0[fd] = now
             t.send(fd, t.msg)
         else:
-            t.finish(fd)
+            self._slots_full(fd)
 
     def run(self) -> None:
         """Until every connection has finished or failed (and, without a barrier, the ramp is done)."""
@@ -157,7 +229,7 @@ class ClosedLoop(Phase):
         want, t0, pos, end = tab.want, self.t0, self.pos, self.end
         msg, ml, lat, running = tab.msg, tab.ml, tab.lat, tab.running
         now, read, write = time.monotonic_ns, os.read, os.write
-        slow, odd, queue, finish, tick = self._slow_event, self._odd_read, tab.queue, tab.finish, self.tick
+        slow, odd, queue, finish, tick = self._slow_event, self._odd_read, tab.queue, self._slots_full, self.tick
         late, fail, limit = tab.late, tab.fail, tab.timeout_ns
         if ramp.pending:
             ramp.start(now())

@@ -9,13 +9,16 @@ The phases share one ``ConnectionTable`` (flat per-descriptor lists, see
 * without it the ``ClosedLoop`` (``closed_loop.py``) starts each connection's
   messages as soon as it connects, while the ramp goes on.
 
-The open loop is ``open_loop.py``. Ctrl-C (KeyboardInterrupt) in any phase ends
+The open loop is ``open_loop.py``. Both keep raw samples up to the sample
+budget and fold the rest into a histogram (``latency.py``); every phase bins
+the run into seconds (``timeseries.py``). Ctrl-C (KeyboardInterrupt) in any phase ends
 the run and keeps what was measured.
 """
 
 from __future__ import annotations
 
 import gc
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +30,9 @@ from c10k.load.open_loop import OpenLoop
 from c10k.load.phase import ConnectPhase, ProgressCallback
 from c10k.load.ramp import IP_BIND_ADDRESS_NO_PORT, ConnectRamp
 from c10k.load.results import ProcessResult
+from c10k.load.settings import DEFAULT_SAMPLE_BUDGET
 from c10k.load.table import ConnectionTable
+from c10k.load.timeseries import Second, SecondBins
 
 __all__ = ["EngineSpec", "run_engine", "IP_BIND_ADDRESS_NO_PORT"]
 
@@ -54,25 +59,28 @@ class EngineSpec:
     rate: float = 0.0  # open loop: messages per second for this process; 0 = closed loop
     duration: float = 0.0  # open loop: seconds of sending
     index: int = 0
+    sample_budget: int = DEFAULT_SAMPLE_BUDGET  # bytes of raw samples before folding into a histogram
+    origin_ns: int = 0  # monotonic ns of the run's second 0, shared by every process (0: this engine's start)
 
 
 class _Engine:
     def __init__(self, spec: EngineSpec, on_connected: Callable[[int, int], None] | None,
-                 on_progress: ProgressCallback | None) -> None:
+                 on_progress: ProgressCallback | None, on_second: Callable[[Second], None] | None) -> None:
         if not spec.message and spec.count:
             raise ValueError("the message must not be empty")
         self.spec = spec
         self.on_connected = on_connected
         self.table = t = ConnectionTable(spec.connections, spec.message, spec.timeout)
+        t.seconds = SecondBins(spec.origin_ns or time.monotonic_ns(), on_second)
         self.ramp = ConnectRamp(t, address=spec.address, family=spec.family, first=spec.first,
                                 sources=spec.sources, connect_rate=spec.connect_rate,
                                 max_connecting=spec.max_connecting)
         self.connect_phase = ConnectPhase(t, self.ramp, on_progress)
         self.messages: ClosedLoop | OpenLoop
         if spec.rate > 0:
-            self.messages = OpenLoop(t, self.ramp, on_progress, spec.rate, spec.duration)
+            self.messages = OpenLoop(t, self.ramp, on_progress, spec.rate, spec.duration, spec.sample_budget)
         else:
-            self.messages = ClosedLoop(t, self.ramp, on_progress, spec.count)
+            self.messages = ClosedLoop(t, self.ramp, on_progress, spec.count, spec.sample_budget)
         self.interrupted = False
         self.cpu_start = self.cpu_end = 0.0  # process CPU time (user + system) around the message phase
 
@@ -92,6 +100,7 @@ class _Engine:
             for j in range(self.ramp.next, self.spec.connections):
                 t.fail_unopened(j, "not_started")
             t.ep.close()
+            self.messages.close_seconds(time.monotonic_ns(), final=True)
         return self._result()
 
     def _run(self) -> None:
@@ -114,16 +123,12 @@ class _Engine:
 
     def _result(self) -> ProcessResult:
         spec, t = self.spec, self.table
-        if isinstance(self.messages, OpenLoop):
-            latency = np.frombuffer(t.lat, dtype=np.int64).copy()
-            conn = np.frombuffer(self.messages.sample_conn, dtype=np.int32).copy()
-        else:
-            counts = t.echoed
-            total = int(counts.sum())
-            conn = np.repeat(np.arange(spec.connections, dtype=np.int32), counts)
-            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-            idx = conn.astype(np.int64) * spec.count + (np.arange(total) - np.repeat(starts, counts))
-            latency = np.frombuffer(t.lat, dtype=np.int64)[idx] if total else np.zeros(0, np.int64)
+        histogram = self.messages.histogram
+        if histogram is None:
+            latency, conn = self.messages.samples()
+        else:  # past the budget: the rest goes the same way
+            self.messages.fold_rest()
+            latency, conn = np.zeros(0, np.int64), np.zeros(0, np.int32)
         echoed = int(t.echoed.sum())
         sent = int(t.sent.sum())
         counters = {
@@ -137,16 +142,19 @@ class _Engine:
             "message_bytes": t.ml,
             "interrupted": int(self.interrupted),
             "cpu_us": int((self.cpu_end - self.cpu_start) * 1e6),
+            # this process's peak resident memory so far (Linux: KiB), samples folded included
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
         return ProcessResult(
             index=spec.index, first=spec.first, latency_ns=latency, sample_conn=conn,
             connect_us=t.connect_us, echoed=t.echoed, sent=t.sent, errors=t.errors,
-            sources=t.sources, counters=counters,
+            sources=t.sources, counters=counters, histogram=histogram,
         )
 
 
 def run_engine(spec: EngineSpec, *, on_connected: Callable[[int, int], None] | None = None,
-               on_progress: ProgressCallback | None = None) -> ProcessResult:
+               on_progress: ProgressCallback | None = None,
+               on_second: Callable[[Second], None] | None = None) -> ProcessResult:
     """Run one load process's share of the connections and return its raw results.
 
     Args:
@@ -154,16 +162,19 @@ def run_engine(spec: EngineSpec, *, on_connected: Callable[[int, int], None] | N
         on_connected: called once with (established, failed) when the connect phase
             is over and before the first message (the barrier); it may block.
         on_progress: called about every 0.25 s with (open, established, echoed, failed).
+        on_second: called with each second of the run as it ends, and with the last
+            (partial) one at the end.
 
     Returns:
-        A ProcessResult with every byte-exact round trip in nanoseconds.
+        A ProcessResult with every byte-exact round trip in nanoseconds, or, past the
+        sample budget, none and a LatencyHistogram of them all.
     """
     # The hot loop allocates a tuple per epoll event, which keeps triggering the cyclic
     # GC (measured: ~6% of the interpreter's time); it creates no cycles, so pause it.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _Engine(spec, on_connected, on_progress).run()
+        return _Engine(spec, on_connected, on_progress, on_second).run()
     finally:
         if was_enabled:
             gc.enable()

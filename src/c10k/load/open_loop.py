@@ -5,6 +5,10 @@ cannot hide behind the client waiting for it (coordinated omission). Messages
 are pipelined on each connection; echoes come back in order, so the m-th echo
 belongs to the m-th scheduled send. It starts after the barrier: every
 connection is open before the first send.
+
+Round trips are appended with their connection (12 bytes each) until the
+sample budget is full; then they are folded into the process's
+``LatencyHistogram`` and the buffers start over (see ``latency.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import time
 from array import array
 
+import numpy as np
+
+from c10k.load.latency import LatencyHistogram
 from c10k.load.phase import Phase, ProgressCallback
 from c10k.load.ramp import ConnectRamp
 from c10k.load.table import CONNECTED, RUNNING, ConnectionTable, reason
@@ -23,7 +30,7 @@ class OpenLoop(Phase):
     """``rate`` messages per second for ``duration`` seconds, round-robin over the connections."""
 
     def __init__(self, table: ConnectionTable, ramp: ConnectRamp, on_progress: ProgressCallback | None,
-                 rate: float, duration: float) -> None:
+                 rate: float, duration: float, sample_budget: int) -> None:
         super().__init__(table, ramp, on_progress)
         self.rate = rate
         self.duration = duration
@@ -31,6 +38,10 @@ class OpenLoop(Phase):
         self.bigbuf = bytearray(1 << 16)
         self.bigview = memoryview(self.bigbuf)
         self.sample_conn = array("i")
+        self.cap = max(1, sample_budget // 12)  # samples kept raw before folding
+        self.seen = 0  # samples the time series has had
+        self.folded = 0  # samples folded into the histogram
+        self.histogram: LatencyHistogram | None = None
         self.slot: dict[int, int] = {}  # fd -> its place in the round-robin
         self.ne = 0  # connections in the round-robin
         self.period_ns = 1e9 / rate
@@ -38,7 +49,29 @@ class OpenLoop(Phase):
         self.sends_done = False
 
     def echoed_total(self) -> int:
-        return len(self.t.lat)
+        return self.folded + len(self.t.lat)
+
+    def drain(self) -> None:
+        n = len(self.t.lat)
+        if n > self.seen:
+            self.t.seconds.add(np.frombuffer(self.t.lat[self.seen:n], dtype=np.int64))
+            self.seen = n
+
+    def fold(self) -> None:
+        """The buffers are full (or the run is over): fold them into the histogram and start over."""
+        self.drain()
+        if self.histogram is None:
+            self.histogram = LatencyHistogram(self.t.connections)
+        self.histogram.add(np.frombuffer(self.t.lat, dtype=np.int64), np.frombuffer(self.sample_conn, dtype=np.int32))
+        self.folded += len(self.t.lat)
+        self.t.lat, self.sample_conn, self.seen = array("q"), array("i"), 0
+
+    fold_rest = fold
+
+    def samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(latency ns, local connection) of the samples still in the buffers."""
+        return (np.frombuffer(self.t.lat, dtype=np.int64).copy(),
+                np.frombuffer(self.sample_conn, dtype=np.int32).copy())
 
     def scan_timeouts(self, now: int) -> None:
         self.ramp.scan_timeouts(now)
@@ -93,6 +126,8 @@ class OpenLoop(Phase):
             m += 1
             off += ml
         t.echoed[j] = m
+        if len(t.lat) >= self.cap:
+            self.fold()
         self.progress_ns[fd] = now
         if m == sent and self.sends_done:
             t.finish(fd)

@@ -1,8 +1,9 @@
 """What every phase of a load process shares: the periodic tick, and the connect phase.
 
 A phase is a loop over epoll events. Between polls the tick starts paced
-connects, scans for timeouts every quarter second (not per message) and
-reports progress. The connect phase runs until every connection is open or
+connects, scans for timeouts every quarter second (not per message), reports
+progress and, at each second's boundary, drains the round trips recorded since
+the last one into the time series (``timeseries.py``). The connect phase runs until every connection is open or
 has failed: the barrier, after which the message phase (``closed_loop.py`` or
 ``open_loop.py``) begins.
 """
@@ -38,6 +39,14 @@ class Phase:
     def echoed_total(self) -> int:
         return 0
 
+    def drain(self) -> None:
+        """Hand the round trips recorded since the last drain to the time series."""
+
+    def close_seconds(self, now: int, *, final: bool = False) -> None:
+        t = self.t
+        self.drain()
+        t.seconds.close(now, t.open, t.failed, final=final)
+
     def ready_to_read(self, fd: int, ev: int) -> bool:
         """An event off the fast path: hand connect events to the ramp, send what was queued;
         True when the connection is running and has something to read (data, EOF or an error)."""
@@ -60,6 +69,8 @@ class Phase:
         now = time.monotonic_ns()
         if ramp.next < t.connections:
             ramp.start(now)
+        if now >= t.seconds.next_ns:
+            self.close_seconds(now)
         if now >= t.next_tick:
             t.next_tick = now + TICK_NS
             if now >= t.next_scan:
@@ -70,7 +81,7 @@ class Phase:
         wait = ramp.wait(now)
         if wait is not None:
             return wait
-        return max(0.0, min(t.next_tick - now, TICK_NS) / 1e9)
+        return max(0.0, min(t.next_tick - now, t.seconds.next_ns - now, TICK_NS) / 1e9)
 
 
 class ConnectPhase(Phase):

@@ -171,7 +171,8 @@ def plan_source_addresses(address: str, family: int, connections: int, explicit:
 
 def plan_load(host: str, port: int, connections: int, *, processes: int | None = None,
               source_ips: Sequence[str] = (), samples: int = 0, cpus: int | None = None,
-              message_size: int = 15, in_flight: int = 1, tune: bool = False) -> LoadPlan:
+              message_size: int = 15, in_flight: int = 1, tune: bool = False,
+              sample_budget: int | None = None) -> LoadPlan:
     """Check the limits for a run and decide processes and source addresses.
 
     Args:
@@ -181,7 +182,8 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
             RLIMIT_NOFILE, and at least one per CPU for large runs.
         source_ips: explicit source addresses (required past one address's ports
             toward a remote target).
-        samples: how many round trips will be kept (for the memory estimate).
+        samples: how many round trips the run makes (for the memory estimate).
+        sample_budget: bytes of samples a process keeps raw (None: all of them).
         message_size: bytes per message (for the memory estimate).
         in_flight: messages a connection may have outstanding (1 in a closed loop).
         tune: raise kernel limits that would stop the run (root only); each
@@ -207,7 +209,7 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
     sources = plan_source_addresses(address[0], family, connections, source_ips, ports)
     loopback = _is_loopback(address[0])
     memory = capacity.load_memory_bytes(connections, processes, message_size=message_size, samples=samples,
-                                        in_flight=in_flight, loopback=loopback)
+                                        in_flight=in_flight, loopback=loopback, sample_budget=sample_budget)
     available = memory_available_bytes()
     if available and memory > available * 0.9:
         raise C10kError(

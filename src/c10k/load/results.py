@@ -1,7 +1,12 @@
-"""Raw samples from every load process -> exact statistics, summary.json, connections.csv.
+"""Samples from every load process -> statistics, summary.json, connections.csv, timeseries.csv.
 
-Latencies stay raw (int64 nanoseconds) until the very end: percentiles come from
-``numpy.percentile`` over the union of all processes' samples, never from buckets.
+While every process kept its samples raw (they fit its sample budget) the
+latencies stay raw (int64 nanoseconds) until the very end: percentiles come
+from ``numpy.percentile`` over the union of all processes' samples and the
+summary says ``"latency_precision": "exact"``. Once any process folded its
+samples into a histogram (``latency.py``), the others' raw samples are folded
+too, percentiles come from the merged histogram and ``latency_error_us`` gives
+each one's bound; min, mean and max stay exact either way.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from c10k.load.latency import CONN_HDR, HDR, LatencyHistogram, percentiles, precision_words
+from c10k.load.timeseries import write_timeseries
 
 __all__ = [
     "ProcessResult",
@@ -57,12 +65,20 @@ class ProcessResult:
     sources: list[str]  # local ip:port of each connection ('' when it never got one)
     counters: dict[str, int] = field(default_factory=dict)
     pid: int = 0
+    #: past the sample budget: every sample, folded (``latency_ns`` is then empty)
+    histogram: LatencyHistogram | None = None
 
     @property
     def connections(self) -> int:
         return len(self.errors)
 
     def save(self, path: Path) -> None:
+        folded: dict[str, Any] = {}
+        h = self.histogram
+        if h is not None:
+            stats = h.connection_stats()
+            folded = {"h_counts": h.counts, "h_totals": np.array([h.n, h.sum, h.min, h.max], dtype=np.int64),
+                      **{f"h_conn_{k}": v for k, v in stats.items()}}
         np.savez(
             path,
             latency_ns=self.latency_ns, sample_conn=self.sample_conn, connect_us=self.connect_us,
@@ -70,18 +86,34 @@ class ProcessResult:
             errors=np.array(self.errors, dtype=str), sources=np.array(self.sources, dtype=str),
             meta=np.array(json.dumps({"index": self.index, "first": self.first, "pid": self.pid,
                                       "counters": self.counters})),
+            **folded,
         )
 
     @classmethod
     def load(cls, path: Path) -> ProcessResult:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            return cls(
+            histogram = None
+            if "h_counts" in z:
+                histogram = _SavedHistogram(len(z["errors"]))
+                histogram.counts = z["h_counts"]
+                histogram.n, histogram.sum, histogram.min, histogram.max = (int(v) for v in z["h_totals"])
+                histogram.stats = {k: z[f"h_conn_{k}"] for k in ("min", "mean", "p50", "p99", "max")}
+            return cls(histogram=histogram,
                 index=meta["index"], first=meta["first"], pid=meta["pid"], counters=meta["counters"],
                 latency_ns=z["latency_ns"], sample_conn=z["sample_conn"], connect_us=z["connect_us"],
                 echoed=z["echoed"], sent=z["sent"],
                 errors=[str(e) for e in z["errors"]], sources=[str(s) for s in z["sources"]],
             )
+
+
+class _SavedHistogram(LatencyHistogram):
+    """A histogram read back from a load process: its per-connection statistics come ready-made."""
+
+    stats: dict[str, np.ndarray]
+
+    def connection_stats(self) -> dict[str, np.ndarray]:
+        return self.stats
 
 
 def _num(x: float) -> float | None:
@@ -98,6 +130,21 @@ def latency_summary_us(latency_ns: np.ndarray) -> dict[str, float | None]:
     out.update({k: float(v) for k, v in zip(_PERCENTILES, pct)})
     out["max"] = float(lat.max())
     return {k: round(out[k], 3) for k in LATENCY_KEYS}  # type: ignore[arg-type]
+
+
+def histogram_summary_us(h: LatencyHistogram) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """(latency_us, latency_error_us) of a histogram: exact min/mean/max, percentiles with their bound."""
+    if h.n == 0:
+        return {k: None for k in LATENCY_KEYS}, {k: None for k in LATENCY_KEYS}
+    idx = np.flatnonzero(h.counts)
+    found = percentiles(HDR, idx, h.counts[idx], tuple(_PERCENTILES.values()))
+    value: dict[str, float | None] = {"min": h.min / 1000, "mean": h.sum / h.n / 1000, "max": h.max / 1000}
+    error: dict[str, float | None] = {"min": 0.0, "mean": 0.0, "max": 0.0}
+    for key, (v, bound) in zip(_PERCENTILES, found, strict=True):
+        # the exact percentile lies in [min, max]: clamping only brings the estimate closer
+        value[key], error[key] = min(max(v, h.min), h.max) / 1000, bound / 1000
+    return ({k: round(value[k], 3) for k in LATENCY_KEYS},  # type: ignore[arg-type]
+            {k: round(error[k], 3) for k in LATENCY_KEYS})  # type: ignore[arg-type]
 
 
 def per_connection_stats(conn: np.ndarray, latency_ns: np.ndarray, connections: int) -> dict[str, np.ndarray]:
@@ -139,7 +186,9 @@ class LoadResult:
 
     summary: dict[str, Any]
     rows: list[list[Any]]
-    latency_ns: np.ndarray
+    latency_ns: np.ndarray  # every sample while exact; empty once folded (see summary["latency_precision"])
+    #: (second, open, echoes, errors, p50_us, p99_us) per second of the run
+    timeseries: list[tuple[int, int, int, int, float, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -147,10 +196,20 @@ class LoadResult:
 
 
 def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested: int,
-                  extra: dict[str, Any] | None = None) -> LoadResult:
-    """Merge every process's raw results into one summary and one row per connection."""
+                  extra: dict[str, Any] | None = None,
+                  timeseries: list[tuple[int, int, int, int, float, float]] | None = None) -> LoadResult:
+    """Merge every process's results into one summary and one row per connection."""
     parts = sorted(parts, key=lambda p: p.first)
     lat = np.concatenate([p.latency_ns for p in parts]) if parts else np.zeros(0, np.int64)
+    merged: LatencyHistogram | None = None
+    if any(p.histogram is not None for p in parts):
+        merged = LatencyHistogram(0)
+        for p in parts:
+            if p.histogram is None:
+                merged.add(p.latency_ns, None)
+            else:
+                merged.merge(p.histogram)
+        lat = np.zeros(0, np.int64)
     total = Counter({k: 0 for k in _COUNTERS})
     for p in parts:
         for k in ("established", "completed", "failed", "peak_open", "sent", "echoed", "mismatched",
@@ -189,8 +248,15 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
         "connect_s": round(connect_s, 6),
         "elapsed_s": round(elapsed_s, 6),
         "messages_per_s": round(total["echoed"] / elapsed_s, 3) if elapsed_s > 0 else 0.0,
-        "latency_us": latency_summary_us(lat),
     }
+    if merged is None:
+        summary["latency_us"] = latency_summary_us(lat)
+        summary["latency_precision"] = "exact"
+        summary["latency_error_us"] = {k: (None if v is None else 0.0) for k, v in summary["latency_us"].items()}
+    else:
+        summary["latency_us"], summary["latency_error_us"] = histogram_summary_us(merged)
+        summary["latency_precision"] = precision_words(HDR)
+        summary["latency_hdr"] = merged.to_hdrh().encode().decode()
     summary["ok"] = bool(completed == requested and not errors and total["mismatched"] == 0)
     summary["interrupted"] = any(p.counters.get("interrupted") for p in parts)
     summary["processes"] = [
@@ -207,6 +273,8 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
     for row, p in zip(summary["processes"], parts, strict=True):
         row["messages_per_s"] = round(row["echoed"] / row["elapsed_s"], 3) if row["elapsed_s"] > 0 else 0.0
         row["cpu_s"] = round(p.counters.get("cpu_us", 0) / 1e6, 6)
+        row["peak_rss_bytes"] = int(p.counters.get("peak_rss_bytes", 0))
+        row["latency_precision"] = "exact" if p.histogram is None else precision_words(CONN_HDR)
     # the load's own CPU time (user + system, all processes) over the message phase
     summary["client_cpu_s"] = round(sum(row["cpu_s"] for row in summary["processes"]), 6)
     summary["client_cpu_us_per_message"] = (round(summary["client_cpu_s"] * 1e6 / total["echoed"], 3)
@@ -216,7 +284,8 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
 
     rows: list[list[Any]] = []
     for p in parts:
-        stats = per_connection_stats(p.sample_conn, p.latency_ns, p.connections)
+        stats = (per_connection_stats(p.sample_conn, p.latency_ns, p.connections) if p.histogram is None
+                 else p.histogram.connection_stats())
         cols = [stats[k].round(3).tolist() for k in ("min", "mean", "p50", "p99", "max")]
         connect = p.connect_us.round(3).tolist()
         ml = int(p.counters.get("message_bytes", 0))
@@ -224,7 +293,7 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
         for j in range(p.connections):
             rows.append([p.first + j, p.sources[j], echoed[j], echoed[j] * ml, _blank(connect[j]),
                          *(_blank(c[j]) for c in cols), p.errors[j], sent[j], p.index])
-    return LoadResult(summary=summary, rows=rows, latency_ns=lat)
+    return LoadResult(summary=summary, rows=rows, latency_ns=lat, timeseries=list(timeseries or []))
 
 
 def _blank(x: float) -> float | str:
@@ -232,7 +301,7 @@ def _blank(x: float) -> float | str:
 
 
 def write_results(result: LoadResult, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write DIR/summary.json and DIR/connections.csv; return their paths."""
+    """Write DIR/summary.json, DIR/connections.csv and DIR/timeseries.csv; return the first two's paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary_path, csv_path = out / "summary.json", out / "connections.csv"
@@ -241,4 +310,5 @@ def write_results(result: LoadResult, out_dir: str | Path) -> tuple[Path, Path]:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         w.writerows(result.rows)
+    write_timeseries(result.timeseries, out / "timeseries.csv")
     return summary_path, csv_path

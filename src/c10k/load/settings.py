@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 
 from c10k.errors import UsageError
 
-__all__ = ["DEFAULT_MESSAGE", "LoadSettings", "make_message"]
+__all__ = ["DEFAULT_MESSAGE", "DEFAULT_SAMPLE_BUDGET", "MIN_SAMPLE_BUDGET", "LoadSettings", "make_message"]
 
 #: 15 bytes, the length of the original study's message ("Gary's spamming").
 DEFAULT_MESSAGE = b"Gary's spamming"
+#: Bytes of raw round-trip samples a load process keeps before folding them into a histogram.
+DEFAULT_SAMPLE_BUDGET = 64 * 2**20
+MIN_SAMPLE_BUDGET = 1024
 
 
 def make_message(size: int) -> bytes:
@@ -49,6 +52,8 @@ class LoadSettings:
         rate, duration: open loop: ``rate`` messages per second in total, for
             ``duration`` seconds, each round trip timed from its scheduled send.
         tune: raise kernel limits that would stop the run, before it starts (root).
+        sample_budget: bytes of raw samples each load process keeps (percentiles
+            exact); past it they are folded into an HDR histogram (``latency.py``).
     """
 
     host: str = "127.0.0.1"
@@ -64,6 +69,7 @@ class LoadSettings:
     rate: float = 0.0
     duration: float = 0.0
     tune: bool = False
+    sample_budget: int = DEFAULT_SAMPLE_BUDGET
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_ips", tuple(self.source_ips))
@@ -89,6 +95,8 @@ class LoadSettings:
             raise UsageError("--timeout must be more than 0")
         if self.rate < 0 or self.duration < 0:
             raise UsageError("--rate and --duration must not be negative")
+        if self.sample_budget < MIN_SAMPLE_BUDGET:
+            raise UsageError(f"--sample-budget must be at least {MIN_SAMPLE_BUDGET} bytes, not {self.sample_budget}")
         if (self.rate > 0) != (self.duration > 0):
             raise UsageError("open loop needs both --rate and --duration")
 
@@ -98,5 +106,5 @@ class LoadSettings:
 
     @property
     def samples(self) -> int:
-        """Round trips the run will keep: the memory the planner budgets for."""
+        """Round trips the run will make (each process keeps them raw up to ``sample_budget``)."""
         return int(self.rate * self.duration) if self.open_loop else self.connections * self.count

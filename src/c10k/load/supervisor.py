@@ -2,9 +2,11 @@
 
 Past one process the parent forks a child per ``EngineSpec``. Each child sends
 one small message per phase over a pipe (``connected``, then ``done`` with the
-path of its raw samples, an ``.npz`` file) and publishes its progress in a
-shared ``ProgressSlot``; the parent answers ``go`` to every child once all of
-them are connected (the barrier), and merges nothing itself.
+path of its results, an ``.npz`` file), one ``second`` a second (its counts and
+a small histogram of the second's latencies, for the time series and the live
+p50/p99) and publishes its progress in a shared ``ProgressSlot``; the parent
+answers ``go`` to every child once all of them are connected (the barrier),
+and merges only the seconds itself.
 
 Stopping. SIGINT (Ctrl-C, which reaches the whole process group) and SIGTERM
 (``kill PID``, which reaches only the parent) mean the same: stop every load
@@ -35,6 +37,7 @@ from typing import Any
 from c10k.errors import C10kError
 from c10k.load.engine import EngineSpec, run_engine
 from c10k.load.results import ProcessResult
+from c10k.load.timeseries import Second, TimeSeries
 
 __all__ = ["Progress", "StopSignals", "stop_signals", "run_here", "run_forked"]
 
@@ -57,6 +60,20 @@ class Progress:
     echoed: int
     failed: int
     expected_messages: int
+    #: echoes, p50 and p99 (us) of the last whole second over every process (None before the first)
+    messages_per_s: int | None = None
+    p50_us: float | None = None
+    p99_us: float | None = None
+
+    @classmethod
+    def make(cls, phase: str, requested: int, open_: int, established: int, echoed: int, failed: int,
+             expected: int, series: TimeSeries) -> Progress:
+        last = series.last
+        if last is None:
+            return cls(phase, requested, open_, established, echoed, failed, expected)
+        _, _, echoes, _, p50, p99 = last
+        return cls(phase, requested, open_, established, echoed, failed, expected, echoes,
+                   None if p50 != p50 else p50, None if p99 != p99 else p99)  # NaN: no echo in that second
 
 
 class ProgressSlot(ctypes.Structure):
@@ -125,8 +142,8 @@ def stop_signals() -> Iterator[StopSignals]:
 
 
 def run_here(spec: EngineSpec, requested: int, expected: int,
-             on_progress: Callable[[Progress], None] | None) -> ProcessResult:
-    """The whole run in this process."""
+             on_progress: Callable[[Progress], None] | None, series: TimeSeries) -> ProcessResult:
+    """The whole run in this process; its seconds go to ``series``."""
     phase = ["connecting"]
 
     def connected(established: int, failed: int) -> None:
@@ -134,16 +151,18 @@ def run_here(spec: EngineSpec, requested: int, expected: int,
 
     def progress(open_: int, established: int, echoed: int, failed: int) -> None:
         if on_progress is not None:
-            on_progress(Progress(phase[0], requested, open_, established, echoed, failed, expected))
+            on_progress(Progress.make(phase[0], requested, open_, established, echoed, failed, expected, series))
 
-    result = run_engine(spec, on_connected=connected, on_progress=progress if on_progress else None)
+    result = run_engine(spec, on_connected=connected, on_progress=progress if on_progress else None,
+                        on_second=lambda s: series.add(0, s))
     result.pid = os.getpid()
     return result
 
 
 def run_forked(specs: list[EngineSpec], requested: int, expected: int,
-               on_progress: Callable[[Progress], None] | None) -> list[ProcessResult]:
-    """One forked load process per spec; KeyboardInterrupt here stops them all and keeps their results."""
+               on_progress: Callable[[Progress], None] | None, series: TimeSeries) -> list[ProcessResult]:
+    """One forked load process per spec, their seconds merged into ``series``; KeyboardInterrupt
+    here stops them all and keeps their results."""
     # fork: children inherit the plan and the imported modules at no cost, and
     # each sends back one small message per phase; samples travel as .npz files.
     ctx = multiprocessing.get_context("fork")
@@ -159,7 +178,7 @@ def run_forked(specs: list[EngineSpec], requested: int, expected: int,
                 child_end.close()
                 procs.append(p)
                 pipes.append(parent_end)
-            return _Supervisor(procs, pipes, slots, requested, expected, on_progress).run()
+            return _Supervisor(procs, pipes, slots, requested, expected, on_progress, series).run()
         finally:
             for p in procs:
                 if p.is_alive():
@@ -208,8 +227,11 @@ def _child(spec: EngineSpec, conn: multiprocessing.connection.Connection, slot: 
     def progress(open_: int, established: int, echoed: int, failed: int) -> None:
         slot.open, slot.established, slot.echoed, slot.failed = open_, established, echoed, failed
 
+    def second(s: Second) -> None:
+        conn.send(("second", s))
+
     try:
-        result = run_engine(spec, on_connected=connected, on_progress=progress)
+        result = run_engine(spec, on_connected=connected, on_progress=progress, on_second=second)
         result.pid = os.getpid()
         path = Path(out) / f"process-{spec.index}.npz"
         result.save(path)
@@ -224,7 +246,9 @@ def _child(spec: EngineSpec, conn: multiprocessing.connection.Connection, slot: 
 
 class _Supervisor:
     def __init__(self, procs: list[Any], pipes: list[multiprocessing.connection.Connection], slots: Any,
-                 requested: int, expected: int, on_progress: Callable[[Progress], None] | None) -> None:
+                 requested: int, expected: int, on_progress: Callable[[Progress], None] | None,
+                 series: TimeSeries) -> None:
+        self.series = series
         self.procs = procs
         self.pipes = pipes
         self.slots = slots
@@ -244,10 +268,10 @@ class _Supervisor:
                 self._collect()
                 if self.on_progress is not None:
                     slots = self.slots
-                    self.on_progress(Progress(
+                    self.on_progress(Progress.make(
                         self.phase, self.requested, sum(s.open for s in slots),
                         sum(s.established for s in slots), sum(s.echoed for s in slots),
-                        sum(s.failed for s in slots), self.expected))
+                        sum(s.failed for s in slots), self.expected, self.series))
             except KeyboardInterrupt:
                 self._stop()
             if self.stop_by and time.monotonic() > self.stop_by:
@@ -270,7 +294,9 @@ class _Supervisor:
                 msg = c.recv()
             except EOFError:
                 raise C10kError(f"load process {k} exited unexpectedly (status {self.procs[k].exitcode})") from None
-            if msg[0] == "connected":
+            if msg[0] == "second":
+                self.series.add(k, msg[1])
+            elif msg[0] == "connected":
                 self.connected.add(k)
                 if len(self.connected) == len(self.procs) and not self.stop_by:
                     self.phase = "echoing"

@@ -14,10 +14,13 @@ import errno
 import resource
 import select
 import socket
+import time
 from array import array
 from collections.abc import Callable
 
 import numpy as np
+
+from c10k.load.timeseries import SecondBins
 
 __all__ = ["ConnectionTable", "FREE", "CONNECTING", "CONNECTED", "RUNNING", "reason"]
 
@@ -64,7 +67,8 @@ class ConnectionTable:
         self.sent = np.zeros(connections, np.int64)
         self.errors = [""] * connections
         self.sources = [""] * connections
-        self.lat = array("q")  # round trips in ns; the message phase sizes it
+        self.lat = array("q")  # round trips in ns; the message phase sizes it (up to its sample budget)
+        self.seconds = SecondBins(time.monotonic_ns())  # the engine gives it the run's origin
         # counters
         self.open = 0
         self.peak_open = 0

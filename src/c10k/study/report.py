@@ -29,6 +29,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from c10k.study.cases import EXPECTED_BEHAVIOR, SERVERS  # noqa: E402
 from c10k.study.network_report import RTT_CAPTION, RTT_CHART, network_line, rtt_chart, rtt_notes  # noqa: E402
 from c10k.study.runner import CaseResult, StudyResult  # noqa: E402
+from c10k.study.timeseries_report import TIMESERIES_CAPTION, TIMESERIES_CHART, timeseries_chart  # noqa: E402
 
 __all__ = ["write_report", "results_rows", "testcase_rows", "cpu_per_message_us", "CHARTS"]
 
@@ -356,6 +357,7 @@ _CHART_CAPTIONS = {
                "for few messages, and grows with the connections.",
     CHARTS[3]: "Server memory per connection (user space; the kernel adds about 5 KB per socket).",
     RTT_CHART: RTT_CAPTION,
+    TIMESERIES_CHART: TIMESERIES_CAPTION,
 }
 
 
@@ -498,6 +500,8 @@ def write_report(study: StudyResult, out_dir: Path) -> list[Path]:
     charts = _write_charts(study.results, out_dir)
     if rtt_chart(study, out_dir / RTT_CHART):
         charts.append(RTT_CHART)
+    if timeseries_chart(study.results, out_dir, out_dir / TIMESERIES_CHART):
+        charts.append(TIMESERIES_CHART)
     (out_dir / "REPORT.md").write_text(_markdown(study, charts))
     (out_dir / "report.html").write_text(_html(study, charts, out_dir))
     return [out_dir / n for n in ("results.json", "REPORT.md", "report.html", *charts)]
