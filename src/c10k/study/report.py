@@ -5,7 +5,9 @@ Expected Behavior | Actual Results | Status) and adds a results table and
 charts: mean response time per scenario (the original's bar graph, grouped by
 connection count), latency percentiles per architecture, and server CPU per
 message and memory against connections. The HTML page holds the same tables
-with the charts inlined, so it can be mailed as one file.
+with the charts inlined, so it can be mailed as one file. (About 500 lines: the
+two renderings of the same tables read best side by side; the network and
+time-series charts live in their own modules.)
 """
 
 from __future__ import annotations
