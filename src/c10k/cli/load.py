@@ -189,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
     as_json = bool(args.json)
     quiet = bool(args.quiet) or as_json
     live = not quiet and sys.stdout.isatty()
+    if args.dry_run and settings.tune:  # a dry run changes nothing, kernel settings included
+        from dataclasses import replace
+
+        settings = replace(settings, tune=False)
     plan = plan_for(settings)
     if args.dry_run:
         if as_json:
