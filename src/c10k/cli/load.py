@@ -6,10 +6,10 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from c10k.errors import C10kError, UsageError
+from c10k.outputs import check_writable_dir
 
 if TYPE_CHECKING:  # the library (numpy) is imported only when a load runs
     from c10k.load import LoadPlan, LoadResult, LoadSettings
@@ -168,18 +168,6 @@ def _thresholds(args: argparse.Namespace) -> Any:
                       min_rate=args.min_rate)
 
 
-def _check_writable(out: str) -> None:
-    """An --out that cannot be written is found before the run, not after it."""
-    import tempfile
-
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".c10k-write-test-"):
-            pass
-    except OSError as exc:
-        raise C10kError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from c10k.load import plan_for, run_settings
     from c10k.load.supervisor import stop_signals
@@ -203,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(plan.describe())
         return 0
-    _check_writable(args.out)  # before the run, so that a long run cannot end in "cannot write"
+    check_writable_dir(args.out, "--out")  # before the run, so that a long run cannot end in "cannot write"
     if not quiet:
         print(plan.describe(), flush=True)
     # SIGTERM stops the run as Ctrl-C does, and neither may cut the writing of the results short.

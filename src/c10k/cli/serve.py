@@ -9,8 +9,9 @@ import sys
 from collections.abc import Callable
 
 from c10k import capacity
-from c10k.errors import C10kError, UsageError
+from c10k.errors import UsageError
 from c10k.limits import nofile_limits, raise_nofile
+from c10k.outputs import check_writable_file
 from c10k.servers import ARCHITECTURES, ServerConfig, make_server
 
 #: the one home of the defaults is ServerConfig; the options show them
@@ -63,19 +64,6 @@ def _workers(text: str) -> int:
             f"at most {capacity.MAX_SERVER_WORKERS} workers (a worker holds up to "
             f"{capacity.connections_per_process(nofile_limits()[1]):,} connections here), not {value}")
     return value
-
-
-def _check_stats_file(path: str | None) -> None:
-    """A --stats-file that cannot be written is found now, not when the server stops."""
-    if not path:
-        return
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w"):
-            pass
-        os.unlink(tmp)
-    except OSError as exc:
-        raise C10kError(f"cannot write --stats-file {path}: {exc.strerror or exc}") from None
 
 
 def _seconds(text: str) -> float:
@@ -136,7 +124,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.low_watermark > args.high_watermark:
         raise UsageError("--low-watermark must not exceed --high-watermark")
-    _check_stats_file(args.stats_file)
+    if args.stats_file:  # found now, not when the server stops
+        check_writable_file(args.stats_file, "--stats-file")
     config = ServerConfig(
         host=args.host,
         port=args.port,

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 from c10k import capacity
 from c10k.limits import MachineLimits, machine_limits
+from c10k.servers.base import ServerConfig
 from c10k.study.cases import SERVERS
 
 __all__ = ["MachineLimits", "ArchitectureCapacity", "Capacity", "machine_limits", "plan_capacity",
            "DEFAULT_MAX_WORKERS"]
 
-#: ``c10k serve epoll --max-workers`` default: the most worker processes the acceptor starts.
-DEFAULT_MAX_WORKERS = 64
+#: ``c10k serve epoll --max-workers`` default (its one home is ``ServerConfig``).
+DEFAULT_MAX_WORKERS = ServerConfig.max_workers
 
 #: Memory is said to fit when the estimate, with this margin, is under what is available.
 MEMORY_MARGIN = 1.2

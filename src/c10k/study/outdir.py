@@ -10,11 +10,11 @@ only what a study writes there (its files and its per-server case folders).
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from c10k.errors import C10kError, UsageError
+from c10k.errors import UsageError
+from c10k.outputs import check_writable_dir
 from c10k.study.cases import SERVERS
 
 __all__ = ["prepare_out_dir", "default_out", "STUDY_FILES"]
@@ -39,7 +39,7 @@ def prepare_out_dir(out: Path, *, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
     if not out.exists() or not any(out.iterdir()):
-        _check_writable(out)
+        check_writable_dir(out, "--out")
         return
     if not (out / "results.json").exists():
         raise UsageError(f"--out {out} is not empty and holds no study's results; choose another folder")
@@ -53,14 +53,4 @@ def prepare_out_dir(out: Path, *, force: bool) -> None:
     for server in SERVERS:
         if (out / server).is_dir():
             shutil.rmtree(out / server)
-    _check_writable(out)
-
-
-def _check_writable(out: Path) -> None:
-    # Found now, not after an hour of cases: the report could not be written.
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".c10k-write-test-"):
-            pass
-    except OSError as exc:
-        raise C10kError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    check_writable_dir(out, "--out")
