@@ -16,13 +16,19 @@ from c10k.servers.base import ServerConfig
 from c10k.study.cases import SERVERS
 
 __all__ = ["MachineLimits", "ArchitectureCapacity", "Capacity", "machine_limits", "plan_capacity",
-           "DEFAULT_MAX_WORKERS"]
+           "DEFAULT_MAX_WORKERS", "ONE_PROCESS"]
 
 #: ``c10k serve epoll --max-workers`` default (its one home is ``ServerConfig``).
 DEFAULT_MAX_WORKERS = ServerConfig.max_workers
 
 #: Memory is said to fit when the estimate, with this margin, is under what is available.
 MEMORY_MARGIN = 1.2
+
+#: The study's architectures that hold every connection in one process (besides
+#: threaded, whose threads can bind first), and how, in words.
+ONE_PROCESS = {"poll": "poll() in one process", "epoll-threads": "thread workers share one process",
+               "asyncio": "one event loop in one process", "uvloop": "one event loop in one process",
+               "gevent": "one gevent hub in one process", "trio": "one trio run loop in one process"}
 
 # User-space memory per connection, rough figures for planning only.
 _USER_BYTES = {"threaded": 64 * 1024, "select": 4 * 1024, "poll": 4 * 1024, "epoll": 3 * 1024,
@@ -108,10 +114,7 @@ def plan_capacity(connections: int, lim: MachineLimits, *, max_workers: int = DE
                    f"{workers}); they are not added while running")
         else:
             most = per_process
-            how = {"poll": "poll() in one process", "epoll-threads": "thread workers share one process",
-                   "asyncio": "one event loop in one process", "uvloop": "one event loop in one process",
-                   "gevent": "one gevent hub in one process", "trio": "one trio run loop in one process"}
-            why = f"{how[server]}: {fd_why}"
+            why = f"{ONE_PROCESS[server]}: {fd_why}"
         user = _USER_BYTES.get(server, 4096) * min(connections, most)
         if lim.memory_available and kernel + user > lim.memory_available:
             cap.architectures.append(ArchitectureCapacity(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from c10k import capacity, limits
+from c10k.study.capacity import ONE_PROCESS
 from c10k.study.cases import Case
 from c10k.text import duration_words
 
@@ -23,20 +24,18 @@ CASE_OVERHEAD_S = 3.0
 #: Connects per second the load's ramp reaches here.
 CONNECTS_PER_S = 2500.0
 #: Closed-loop messages per second measured here, by architecture (the rest: DEFAULT_RATE).
-MESSAGES_PER_S = {"threaded": 12_000.0, "select": 25_000.0, "poll": 25_000.0}
-MESSAGES_PER_S.update({"gevent": 28_000.0, "trio": 10_000.0})  # at 10,000 connections, 2026-11-29
+#: (gevent and trio at 10,000 connections, 2026-11-29.)
+MESSAGES_PER_S = {"threaded": 12_000.0, "select": 25_000.0, "poll": 25_000.0, "gevent": 28_000.0,
+                  "trio": 10_000.0}
 DEFAULT_RATE = 40_000.0
 #: A case past its architecture's limit here fails once its refused connections time out.
 FAILING_CASE_S = 30.0
-#: Architectures that hold their connections in one process (the rest spread over workers).
-ONE_PROCESS: tuple[str, ...] = ("threaded", "poll", "epoll-threads", "asyncio", "uvloop")
-ONE_PROCESS += ("gevent", "trio")
 
 
 def _most(server: str) -> int | None:
     if server == "select":
         return capacity.select_connections(limits.FD_SETSIZE)
-    if server in ONE_PROCESS:
+    if server == "threaded" or server in ONE_PROCESS:
         return capacity.connections_per_process(limits.nofile_limits()[1])
     return None
 
