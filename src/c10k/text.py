@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["host_port", "plural", "latency_words", "duration_words", "parse_seconds"]
+__all__ = ["host_port", "unix_address", "plural", "latency_words", "duration_words", "parse_seconds"]
 
 _UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -15,6 +15,11 @@ def host_port(host: str, port: int | str) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def unix_address(path: str) -> str:
+    """A unix-domain socket as a target is written ``unix:/run/echo.sock``."""
+    return f"unix:{path}"
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:

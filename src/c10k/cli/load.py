@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "connection was established and every message came back byte-exact, 1 otherwise, 2 for "
                     "usage errors, 130 after Ctrl-C and 143 after SIGTERM (what was measured is still written).")
     # Defaults are None so that "no arguments at all" can be told apart (the interactive mode).
+    p.add_argument("target", nargs="?", metavar="TARGET",
+                   help="the server: HOST:PORT, tcp://HOST:PORT, [IPv6]:PORT or unix:/path.sock (a unix-domain "
+                        "socket); or --host and -p. TLS is not spoken")
     p.add_argument("--host", help=f"server host (default {DEFAULTS['host']})")
     p.add_argument("-p", "--port", type=int, help=f"server port (default {DEFAULTS['port']})")
     p.add_argument("-m", "--message", help="message text (default: 15 bytes, \"Gary's spamming\")")
@@ -133,15 +136,19 @@ def _ask(args: argparse.Namespace) -> None:
 
 def _settings(args: argparse.Namespace) -> LoadSettings:
     from c10k.load import DEFAULT_MESSAGE, LoadSettings, make_message
+    from c10k.load.target import merge_target
 
     if all(getattr(args, k) is None for k in ("host", "port", "message", "size", "count", "connections",
                                                 "processes", "connect_rate", "timeout", "source_ip", "rate",
                                                 "duration", "barrier", "out", "quiet", "json", "dry_run", "tune",
-                                                "max_p50", "max_p99", "max_errors", "min_rate", "sample_budget")) \
+                                                "max_p50", "max_p99", "max_errors", "min_rate", "sample_budget",
+                                                "target")) \
             and sys.stdin.isatty():
         _ask(args)
     if args.rate is not None and args.rate == 0:
         raise UsageError("--rate must be more than 0 messages/s (leave it out for a closed loop)")
+    target = merge_target(args.target, args.host, args.port)
+    args.host, args.port = target.host, target.port
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -158,6 +165,7 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
         host=args.host, port=args.port, message=message, count=args.count, connections=args.connections,
         processes=args.processes, connect_rate=args.connect_rate, timeout=args.timeout, source_ips=tuple(sources),
         barrier=args.barrier is not False, rate=args.rate, duration=args.duration, tune=bool(args.tune),
+        unix=target.path,
         **({} if args.sample_budget is None else {"sample_budget": args.sample_budget}))
 
 
@@ -186,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
         if as_json:
             import json
 
-            print(json.dumps({"host": settings.host, "port": settings.port, "connections": settings.connections,
+            print(json.dumps({"host": settings.host, "port": settings.port, "target": plan.target,
+                              "connections": settings.connections,
                               **plan.as_dict()}, indent=1))
         else:
             print(plan.describe())
@@ -226,16 +235,19 @@ def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int |
         lat = s["latency_us"]
         print(f"{s['messages']['echoed']:,} echoed on {s['connections']['completed']:,}/"
               f"{plural(s['connections']['requested'], 'connection')} in {s['elapsed_s']:.3f} s "
-              f"({s['messages_per_s']:,.0f} msg/s, connect {s['connect_s']:.3f} s); latency "
+              f"({s['messages_per_s']:,.0f} msg/s, {_bandwidth(s)}, connect {s['connect_s']:.3f} s); latency "
               f"p50 {latency_words(lat['p50'])} p99 {latency_words(lat['p99'])} max {latency_words(lat['max'])}; "
               f"wrote {summary_path}, {csv_path} and timeseries.csv")
+        if s["timeouts"]["verdict"]:
+            print(f"timeouts: {s['timeouts']['reason']}")
     if s.get("interrupted") or signum is not None:
         print(f"c10k load: interrupted; wrote what was measured to {summary_path}", file=sys.stderr)
         return 128 + (signum or signal.SIGINT)  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
     if not result.ok:
         errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "no reason recorded"
+        why = f"; {s['timeouts']['reason']}" if s["timeouts"]["verdict"] else ""
         print(f"c10k load: {s['connections']['failed']:,} of {plural(s['connections']['requested'], 'connection')} "
-              f"failed, {s['messages']['mismatched']:,} mismatched: {errors}", file=sys.stderr)
+              f"failed, {s['messages']['mismatched']:,} mismatched: {errors}{why}", file=sys.stderr)
         return 1
     failed = broken(s, thresholds) if thresholds else []
     if failed:
@@ -281,7 +293,7 @@ def _print_table(s: dict[str, Any]) -> None:
 
     from c10k.text import host_port, latency_words
 
-    t = Table(title=f"c10k load -> {host_port(s['host'], s['port'])}", show_header=False)
+    t = Table(title=f"c10k load -> {s.get('target') or host_port(s['host'], s['port'])}", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
     c, m, lat = s["connections"], s["messages"], s["latency_us"]
@@ -289,11 +301,18 @@ def _print_table(s: dict[str, Any]) -> None:
                              f"peak open {c['peak_open']}")
     t.add_row("messages", f"{m['echoed']} echoed of {m['sent']} sent, {m['mismatched']} mismatched")
     t.add_row("connect phase", f"{s['connect_s']:.3f} s")
-    t.add_row("message phase", f"{s['elapsed_s']:.3f} s, {s['messages_per_s']:.0f} msg/s")
+    t.add_row("message phase", f"{s['elapsed_s']:.3f} s, {s['messages_per_s']:.0f} msg/s, {_bandwidth(s)}")
     for k in ("min", "mean", "p50", "p90", "p99", "p999", "max"):
         t.add_row(f"latency {k}", latency_words(lat[k]))
     if s.get("latency_precision", "exact") != "exact":
         err = s["latency_error_us"]
         t.add_row("latency precision", f"{s['latency_precision']} (p99 within {latency_words(err['p99'])})")
     t.add_row("errors", ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "none")
+    if s["timeouts"]["verdict"]:
+        t.add_row("timeouts", s["timeouts"]["reason"])
     Console().print(t)
+
+
+def _bandwidth(s: dict[str, Any]) -> str:
+    b = s["bandwidth_mib_s"]
+    return f"{b['up']:,.2f} MiB/s up, {b['down']:,.2f} MiB/s down"

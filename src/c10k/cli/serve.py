@@ -13,6 +13,7 @@ from c10k.errors import UsageError
 from c10k.limits import nofile_limits, raise_nofile
 from c10k.outputs import check_writable_file
 from c10k.servers import ARCHITECTURES, ServerConfig, make_server
+from c10k.servers.unix import UNIX_ARCHITECTURES, remove_socket_file
 
 #: the one home of the defaults is ServerConfig; the options show them
 DEFAULTS = ServerConfig()
@@ -86,9 +87,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("architecture", metavar="ARCH", choices=list(ARCHITECTURES),
                    help="one of: " + ", ".join(ARCHITECTURES))
-    p.add_argument("--host", default=DEFAULTS.host, help="address to listen on (default: %(default)s)")
-    p.add_argument("-p", "--port", type=_port, default=DEFAULTS.port,
-                   help="port; 0 picks a free one (default: %(default)s)")
+    # host and port default to None so that --unix can refuse them when given
+    p.add_argument("--host", help=f"address to listen on (default: {DEFAULTS.host})")
+    p.add_argument("-p", "--port", type=_port, help=f"port; 0 picks a free one (default: {DEFAULTS.port})")
+    p.add_argument("--unix", metavar="PATH",
+                   help="listen on a unix-domain socket at PATH instead of TCP (prints \"listening on "
+                        "unix:PATH\"); a stale socket file is replaced, one a server listens on is refused, "
+                        "and the file is removed at exit. Architectures: " + ", ".join(UNIX_ARCHITECTURES)
+                        + "; not with --balance reuseport or --send-timeout (TCP only)")
     p.add_argument("--backlog", type=_positive, default=DEFAULTS.backlog, help="listen backlog (default: %(default)s)")
     p.add_argument("--max-connections", type=_count, default=DEFAULTS.max_connections, metavar="M",
                    help="close connections beyond M at once (default: no limit)")
@@ -121,14 +127,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _check_unix(args: argparse.Namespace) -> None:
+    """--unix replaces --host/--port and excludes what only TCP has."""
+    if not args.unix:
+        raise UsageError("--unix needs a path")
+    if args.host is not None or args.port is not None:
+        raise UsageError("give either --unix or --host/--port, not both")
+    if args.architecture not in UNIX_ARCHITECTURES:
+        raise UsageError(f"{args.architecture} does not serve unix sockets (--unix works with "
+                         f"{', '.join(UNIX_ARCHITECTURES)})")
+    if args.balance == "reuseport":
+        raise UsageError("--balance reuseport shares a TCP port between listeners; a unix socket has no port "
+                         "(use the default hand-off)")
+    if args.send_timeout:
+        raise UsageError("--send-timeout is TCP_USER_TIMEOUT, which unix sockets do not have")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.low_watermark > args.high_watermark:
         raise UsageError("--low-watermark must not exceed --high-watermark")
     if args.stats_file:  # found now, not when the server stops
         check_writable_file(args.stats_file, "--stats-file")
+    if args.unix is not None:
+        _check_unix(args)
     config = ServerConfig(
-        host=args.host,
-        port=args.port,
+        host=DEFAULTS.host if args.host is None else args.host,
+        port=DEFAULTS.port if args.port is None else args.port,
+        unix=args.unix or "",
         backlog=args.backlog,
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
@@ -146,7 +171,11 @@ def run(args: argparse.Namespace) -> int:
         config.workers = args.workers
     raise_nofile()
     server = make_server(args.architecture, config)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if config.unix:
+            remove_socket_file(config.unix)
     if server.exit_at_once:
         sys.stdout.flush()
         sys.stderr.flush()

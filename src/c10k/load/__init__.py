@@ -27,6 +27,7 @@ from typing import Any
 
 from c10k.errors import C10kError
 from c10k.limits import nofile_limits
+from c10k.load.diagnosis import ListenWatch
 from c10k.load.engine import EngineSpec
 from c10k.load.plan import LoadPlan, plan_load
 from c10k.load.results import LoadResult, ProcessResult, merge_results, write_results
@@ -56,7 +57,7 @@ def plan_for(settings: LoadSettings) -> LoadPlan:
     return plan_load(settings.host, settings.port, settings.connections, processes=settings.processes,
                      source_ips=settings.source_ips, samples=settings.samples,
                      message_size=len(settings.message), tune=settings.tune,
-                     sample_budget=settings.sample_budget)
+                     sample_budget=settings.sample_budget, unix=settings.unix)
 
 
 def run_load(host: str = "127.0.0.1", port: int = 7000, *, plan: LoadPlan | None = None,
@@ -109,6 +110,7 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         sample_budget=s.sample_budget, origin_ns=origin)
         for share in plan.shares]
     series = TimeSeries(len(specs))
+    watch = ListenWatch(plan.family, plan.address)  # the host's accept-queue counters, for diagnosis.py
     with stop_signals() as stop:
         if len(specs) == 1:
             parts = [run_here(specs[0], s.connections, s.samples, on_progress, series)]
@@ -124,6 +126,7 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
                                 f"connections") from None
         stop.disarm()  # from here a signal is only noted: the results get written
     extra: dict[str, Any] = {
+        "target": plan.target,
         "mode": "open" if s.open_loop else "closed",
         "message_bytes": len(s.message),
         "count": s.count,
@@ -137,5 +140,8 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         extra.update({"rate": s.rate, "duration_s": s.duration})
     if stop.signum is not None:
         extra["stop_signal"] = signal.Signals(stop.signum).name
-    return merge_results(parts, host=s.host, port=s.port, requested=s.connections, extra=extra,
-                         timeseries=series.finish())
+    result = merge_results(parts, host=plan.target if s.unix else s.host, port=0 if s.unix else s.port,
+                           requested=s.connections, extra=extra, timeseries=series.finish())
+    result.summary["timeouts"] = watch.diagnose((p.counters for p in parts), result.summary["errors"],
+                                                unix=bool(s.unix))
+    return result

@@ -45,7 +45,7 @@ class EngineSpec:
     source address is ``sources[(first + j) % len(sources)]`` when sources are given.
     """
 
-    address: tuple  # sockaddr for connect()
+    address: tuple | str  # sockaddr for connect(), or a unix socket's path
     family: int
     message: bytes
     count: int
@@ -97,7 +97,7 @@ class _Engine:
             self.cpu_end = time.process_time()
             for fd in t.open_fds():
                 t.fail(fd, "interrupted")
-            for j in range(self.ramp.next, self.spec.connections):
+            for j in [*range(self.ramp.next, self.spec.connections), *(j for j, _ in self.ramp.retry)]:
                 t.fail_unopened(j, "not_started")
             t.ep.close()
             self.messages.close_seconds(time.monotonic_ns(), final=True)
@@ -141,6 +141,8 @@ class _Engine:
             "message_end_ns": t.message_end_ns if t.established else 0,
             "message_bytes": t.ml,
             "interrupted": int(self.interrupted),
+            # the evidence diagnosis.py reads: timeouts with no byte back, unix connects turned away
+            "silent_timeouts": t.silent_timeouts, "queue_full": self.ramp.queue_full,
             "cpu_us": int((self.cpu_end - self.cpu_start) * 1e6),
             # this process's peak resident memory so far (Linux: KiB), samples folded included
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -67,7 +67,7 @@ class Phase:
         """Periodic work; returns how long the next poll may block (seconds)."""
         t, ramp = self.t, self.ramp
         now = time.monotonic_ns()
-        if ramp.next < t.connections:
+        if ramp.next < t.connections or ramp.retry:
             ramp.start(now)
         if now >= t.seconds.next_ns:
             self.close_seconds(now)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from c10k import capacity, limits
 from c10k.errors import C10kError, UsageError
 from c10k.limits import ephemeral_ports, memory_available_bytes, raise_nofile, somaxconn
-from c10k.text import host_port, plural
+from c10k.text import host_port, plural, unix_address
 
 __all__ = ["LoadPlan", "ProcessShare", "plan_load", "resolve", "plan_source_addresses"]
 
@@ -37,7 +37,7 @@ class LoadPlan:
     host: str
     port: int
     family: int
-    address: tuple
+    address: tuple | str  # a sockaddr, or a unix socket's path
     connections: int
     processes: int
     shares: list[ProcessShare]
@@ -48,13 +48,22 @@ class LoadPlan:
     memory_available: int
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def target(self) -> str:
+        """``HOST:PORT`` (``[::1]:7000``) or ``unix:/path.sock``."""
+        if self.family == socket.AF_UNIX:
+            return unix_address(self.address)  # type: ignore[arg-type]
+        return host_port(self.address[0], self.port)
+
     def describe(self) -> str:
         per = math.ceil(self.connections / self.processes)
         src = "kernel-chosen source address"
-        if self.sources:
+        if self.family == socket.AF_UNIX:
+            src = "a unix socket (no ports or TCP limits)"
+        elif self.sources:
             src = (f"source {self.sources[0]}" if len(self.sources) == 1
                    else f"{len(self.sources)} source addresses {self.sources[0]}..{self.sources[-1]}")
-        text = (f"plan: {plural(self.connections, 'connection')} to {host_port(self.address[0], self.port)} "
+        text = (f"plan: {plural(self.connections, 'connection')} to {self.target} "
                 f"in {plural(self.processes, 'process', 'processes')} (<= {per:,} each, RLIMIT_NOFILE "
                 f"{self.nofile:,}), {src}, "
                 f"~{self.memory_bytes / 2**20:.0f} MiB of {self.memory_available / 2**20:.0f} MiB available")
@@ -172,7 +181,7 @@ def plan_source_addresses(address: str, family: int, connections: int, explicit:
 def plan_load(host: str, port: int, connections: int, *, processes: int | None = None,
               source_ips: Sequence[str] = (), samples: int = 0, cpus: int | None = None,
               message_size: int = 15, in_flight: int = 1, tune: bool = False,
-              sample_budget: int | None = None) -> LoadPlan:
+              sample_budget: int | None = None, unix: str = "") -> LoadPlan:
     """Check the limits for a run and decide processes and source addresses.
 
     Args:
@@ -188,6 +197,8 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
         in_flight: messages a connection may have outstanding (1 in a closed loop).
         tune: raise kernel limits that would stop the run (root only); each
             change is listed in the plan's notes.
+        unix: a unix-domain socket path to connect to instead of host and port:
+            no source addresses, ephemeral ports or TCP kernel limits apply.
 
     The numbers are taken as checked (``LoadSettings`` checks each once).
 
@@ -195,7 +206,7 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
         UsageError: the host does not resolve.
         C10kError: the machine cannot do it (descriptors, ports or memory).
     """
-    family, address = resolve(host, port)
+    family, address = (socket.AF_UNIX, unix) if unix else resolve(host, port)
     nofile = raise_nofile()
     needed = capacity.processes_needed(connections, nofile)
     cpus = cpus or limits.cpus()
@@ -206,8 +217,8 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
             f"{math.ceil(connections / processes)} connections per process exceed RLIMIT_NOFILE {nofile}; "
             f"use --processes {needed} or more")
     ports = ephemeral_ports()
-    sources = plan_source_addresses(address[0], family, connections, source_ips, ports)
-    loopback = _is_loopback(address[0])
+    sources = [] if unix else plan_source_addresses(address[0], family, connections, source_ips, ports)
+    loopback = bool(unix) or _is_loopback(address[0])
     memory = capacity.load_memory_bytes(connections, processes, message_size=message_size, samples=samples,
                                         in_flight=in_flight, loopback=loopback, sample_budget=sample_budget)
     available = memory_available_bytes()
@@ -221,7 +232,7 @@ def plan_load(host: str, port: int, connections: int, *, processes: int | None =
         n = connections // processes + (1 if k < connections % processes else 0)
         shares.append(ProcessShare(k, first, n))
         first += n
-    notes = _check_kernel(connections, message_size, loopback, tune)
+    notes = [] if unix else _check_kernel(connections, message_size, loopback, tune)
     backlog = somaxconn()
     if connections > backlog:
         notes.append(f"connects are capped in flight because listen backlogs stop at somaxconn {backlog}")

@@ -14,6 +14,13 @@
   does it; it happens when the ephemeral range covers the target port. The only
   sign is the socket's local address being its peer address, so that is
   checked once per connect and counted as the error ``self_connect``.
+* A unix-domain socket (``family`` AF_UNIX) has no ports, no Nagle and no
+  self-connect. Its non-blocking connect() never waits: it succeeds at once, or
+  fails with EAGAIN while the server's accept queue is full. That is the unix
+  form of a TCP SYN the kernel dropped for a full queue, so it is retried the way
+  TCP retransmits a SYN (on the next tick, until ``--timeout``: then
+  ``connect_timeout``), and counted in ``queue_full`` as the evidence that the
+  server was not accepting (see ``diagnosis.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from c10k.load.table import CONNECTED, CONNECTING, EPOLLIN, EPOLLOUT, ConnectionTable, reason
@@ -29,12 +37,13 @@ __all__ = ["ConnectRamp", "IP_BIND_ADDRESS_NO_PORT", "TICK_NS"]
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 TICK_NS = 100_000_000  # connect pacing and bookkeeping every 0.1 s
+RETRY_NS = 20_000_000  # a unix connect turned away (EAGAIN) is tried again after 20 ms
 
 
 class ConnectRamp:
     """Starts this process's connections and completes them, one event at a time."""
 
-    def __init__(self, table: ConnectionTable, *, address: tuple, family: int, first: int,
+    def __init__(self, table: ConnectionTable, *, address: tuple | str, family: int, first: int,
                  sources: Sequence[str], connect_rate: float, max_connecting: int) -> None:
         self.t = table
         self.address = address
@@ -46,6 +55,11 @@ class ConnectRamp:
         self.next = 0  # local connection to start next
         self.due = 0  # ns when the next paced connect may start
         self.rbuf = bytearray(max(table.ml, 1))
+        self.tcp = family != socket.AF_UNIX
+        #: unix connects refused with EAGAIN (accept queue full): (connection, first attempt ns)
+        self.retry: deque[tuple[int, int]] = deque()
+        self.queue_full = 0  # EAGAIN answers to a unix connect
+        self.retry_due = 0
         #: what to do with a connection once established (the closed loop without a barrier
         #: starts sending at once); None leaves it waiting for the barrier
         self.on_established: Callable[[int, int], None] | None = None
@@ -53,11 +67,13 @@ class ConnectRamp:
     @property
     def pending(self) -> bool:
         """Connections still to start or still connecting."""
-        return bool(self.t.connecting) or self.next < self.t.connections
+        return bool(self.t.connecting) or self.next < self.t.connections or bool(self.retry)
 
     def start(self, now: int) -> None:
         """Start as many connects as the pace and the in-flight cap allow."""
         n, connecting = self.t.connections, self.t.connecting
+        if self.retry and now >= self.retry_due:
+            self._retry(now)
         while self.next < n and len(connecting) < self.max_connecting:
             if self.rate > 0:
                 if now < self.due:
@@ -71,9 +87,21 @@ class ConnectRamp:
         """Seconds until the next paced connect, or None when the ramp waits for nothing."""
         if self.next < self.t.connections and len(self.t.connecting) < self.max_connecting:
             return max(0.0, (self.due - now) / 1e9)
+        if self.retry:
+            return max(0.0, (self.retry_due - now) / 1e9)
         return None
 
-    def _connect(self, j: int) -> None:
+    def _retry(self, now: int) -> None:
+        """Unix connects the server's full accept queue turned away: again, or a timeout."""
+        self.retry_due = now + RETRY_NS
+        for _ in range(len(self.retry)):
+            j, first = self.retry.popleft()
+            if now - first > self.t.timeout_ns:
+                self.t.fail_unopened(j, "connect_timeout")
+            else:
+                self._connect(j, first)
+
+    def _connect(self, j: int, first: int = 0) -> None:
         t = self.t
         if not t.connect_start_ns:
             t.connect_start_ns = time.monotonic_ns()
@@ -91,7 +119,8 @@ class ConnectRamp:
             t.peak_open = t.open
         try:
             s.setblocking(False)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tcp:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.sources:
                 s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 s.bind((self.sources[(self.first + j) % len(self.sources)], 0))
@@ -99,10 +128,15 @@ class ConnectRamp:
         except OSError as exc:
             t.fail(fd, reason(exc))
             return
+        if err == errno.EAGAIN and not self.tcp:
+            self.queue_full += 1
+            self.retry.append((j, first or time.monotonic_ns()))
+            t.close(fd)
+            return
         if err not in (0, errno.EINPROGRESS):
             t.fail(fd, reason(err))
             return
-        t.connecting[fd] = time.monotonic_ns()
+        t.connecting[fd] = first or time.monotonic_ns()  # a retried connect is timed from its first try
         t.ep.register(fd, EPOLLOUT)
 
     def completed(self, fd: int) -> None:
@@ -122,10 +156,11 @@ class ConnectRamp:
         except OSError as exc:  # reset between the event and now
             t.fail(fd, reason(exc))
             return
-        t.sources[j] = f"{local[0]}:{local[1]}"
-        if local[:2] == peer[:2]:
-            t.fail(fd, "self_connect", outstanding=False)
-            return
+        if self.tcp:  # an unnamed unix socket has no source to tell, and cannot reach itself
+            t.sources[j] = f"{local[0]}:{local[1]}"
+            if local[:2] == peer[:2]:
+                t.fail(fd, "self_connect", outstanding=False)
+                return
         t.connect_us[j] = (now - started) / 1000
         t.connect_end_ns = now
         t.established += 1

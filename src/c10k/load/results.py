@@ -248,6 +248,9 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
         "connect_s": round(connect_s, 6),
         "elapsed_s": round(elapsed_s, 6),
         "messages_per_s": round(total["echoed"] / elapsed_s, 3) if elapsed_s > 0 else 0.0,
+        # bytes over the message phase, as messages_per_s: computed here, never per message
+        "bandwidth_mib_s": {k: round(total[f"bytes_{b}"] / elapsed_s / 2**20, 3) if elapsed_s > 0 else 0.0
+                            for k, b in (("up", "sent"), ("down", "echoed"))},
     }
     if merged is None:
         summary["latency_us"] = latency_summary_us(lat)

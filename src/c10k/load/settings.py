@@ -40,7 +40,8 @@ class LoadSettings:
     """One load run, checked on construction (``UsageError`` names the option at fault).
 
     Attributes:
-        host, port: the echo server.
+        host, port: the echo server (TCP).
+        unix: the echo server's unix-domain socket path instead (host and port unused).
         message: the bytes every connection sends and expects back.
         count: messages per connection (closed loop).
         connections: connections, all open at once unless ``barrier`` is False.
@@ -70,12 +71,15 @@ class LoadSettings:
     duration: float = 0.0
     tune: bool = False
     sample_budget: int = DEFAULT_SAMPLE_BUDGET
+    unix: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_ips", tuple(self.source_ips))
         if not self.message:
             raise UsageError("-m/--message must not be empty")
-        if not 0 < self.port < 65536:
+        if self.unix and self.source_ips:
+            raise UsageError("--source-ip does not apply to a unix socket target")
+        if not self.unix and not 0 < self.port < 65536:
             raise UsageError(f"--port must be 1..65535, not {self.port}")
         if self.connections < 1:
             raise UsageError(f"-c/--connections must be at least 1, not {self.connections}")

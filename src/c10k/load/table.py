@@ -77,6 +77,7 @@ class ConnectionTable:
         self.failed = 0  # connections with an error (the summary's failed = requested - completed)
         self.mismatched = 0
         self.extra_rx = 0  # bytes received that were not part of a byte-exact echo
+        self.silent_timeouts = 0  # connections that timed out without one byte back (diagnosis.py)
         self.unsent_bytes = 0
         self.connect_start_ns = 0
         self.connect_end_ns = 0
@@ -112,12 +113,16 @@ class ConnectionTable:
     def fail(self, fd: int, why: str, outstanding: bool = True) -> None:
         """End a connection with an error; its first error is the one reported."""
         j = self.conn[fd]
-        if not self.errors[j]:
+        first = not self.errors[j]
+        if first:
             self.errors[j] = why
             self.failed += 1
         if self.state[fd] == RUNNING:
             self.settle(fd, j, outstanding)
-        self.extra_rx += self.partial.get(fd, 0)
+        got = self.partial.get(fd, 0)
+        if first and why == "timeout" and not got and not self.echoed[j]:
+            self.silent_timeouts += 1
+        self.extra_rx += got
         self.close(fd)
 
     def fail_unopened(self, j: int, why: str) -> None:
@@ -135,7 +140,7 @@ class ConnectionTable:
 
     def late(self, fd: int, received: int) -> None:
         """Bytes that arrived after --timeout: a timeout, as if the scan had seen it first."""
-        self.extra_rx += received
+        self.partial[fd] = self.partial.get(fd, 0) + received  # fail() counts them received
         self.fail(fd, "timeout")
 
     def mismatch(self, fd: int) -> None:

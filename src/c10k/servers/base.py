@@ -23,7 +23,8 @@ from typing import Any
 from c10k.errors import C10kError
 from c10k.servers.echo import DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK
 from c10k.servers.refusals import Refusal, Refusals, log
-from c10k.text import host_port
+from c10k.servers.unix import open_unix_listener
+from c10k.text import host_port, unix_address
 
 __all__ = [
     "ServerConfig", "Stats", "Server", "open_listener", "ShutdownSignal", "DescriptorReserve",
@@ -37,6 +38,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 7000
+    unix: str = ""  # a unix-domain socket path to listen on instead of host and port (servers/unix.py)
     backlog: int = 4096
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_workers: int = 64  # epoll hand-off grows to this many workers (see epoll.py)
@@ -77,19 +79,24 @@ class Stats:
         }
 
 
-def announce(address: tuple[Any, ...]) -> None:
+def announce(address: tuple[Any, ...] | str) -> None:
     """The one line the contract promises once connections are accepted."""
+    if isinstance(address, str):  # a unix socket's getsockname() is its path
+        print(f"listening on {unix_address(address)}", flush=True)
+        return
     host, port = address[:2]
     print(f"listening on {host_port(host, port)}", flush=True)  # [::1]:7000 for IPv6
 
 
 def open_listener(config: ServerConfig, reuseport: bool = False, join_port: int | None = None) -> socket.socket:
-    """A non-blocking listening TCP socket, or a one-line C10kError saying why not.
+    """A non-blocking listening TCP socket (or unix socket, ``config.unix``), or a one-line C10kError.
 
     Args:
         reuseport: the first listener of a new SO_REUSEPORT group (on ``config.port``).
         join_port: another listener of our own group, already bound on this port.
     """
+    if config.unix:  # the CLI refuses --balance reuseport with --unix (no ports to share)
+        return open_unix_listener(config.unix, config.backlog)
     port = config.port if join_port is None else join_port
     try:
         infos = socket.getaddrinfo(config.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
