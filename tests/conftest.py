@@ -20,7 +20,7 @@ import re
 
 import pytest
 
-from helpers import SERVER_CONFIGS, ServerProcess, start_server
+from helpers import ALL_SERVER_CONFIGS, ServerProcess, start_server
 
 
 class ServerFactory:
@@ -44,8 +44,8 @@ class ServerFactory:
         return server
 
     def config(self, config_id: str, *extra: str, **kw) -> ServerProcess:
-        """Start one of ``SERVER_CONFIGS`` by id, with extra arguments appended."""
-        return self(*SERVER_CONFIGS[config_id], *extra, **kw)
+        """Start one of ``SERVER_CONFIGS`` (or ``UNIX_CONFIGS``) by id, with extra arguments appended."""
+        return self(*ALL_SERVER_CONFIGS[config_id], *extra, **kw)
 
     def kill_all(self) -> None:
         for server in self.started:

@@ -29,6 +29,9 @@ import psutil
 __all__ = [
     "SERVER_CONFIGS",
     "CONFIG_IDS",
+    "UNIX_CONFIGS",
+    "UNIX_CONFIG_IDS",
+    "ALL_SERVER_CONFIGS",
     "PROCESS_WORKER_CONFIGS",
     "ServerProcess",
     "start_server",
@@ -71,12 +74,21 @@ SERVER_CONFIGS: dict[str, list[str]] = {
     "uring-reuseport": ["uring", "--balance", "reuseport", "--workers", "2"],
 }
 CONFIG_IDS = list(SERVER_CONFIGS)
+#: The same servers on a unix-domain socket (`--unix PATH`; start_server puts a path of the test's in place
+#: of UNIX_PATH). Not reuseport: SO_REUSEPORT shares a TCP port, and a unix socket has none.
+UNIX_PATH = "{unix}"
+UNIX_CONFIGS: dict[str, list[str]] = {f"{k}-unix": [*v, "--unix", UNIX_PATH]
+                                      for k, v in SERVER_CONFIGS.items() if "reuseport" not in k}
+UNIX_CONFIG_IDS = list(UNIX_CONFIGS)
+ALL_SERVER_CONFIGS = {**SERVER_CONFIGS, **UNIX_CONFIGS}
 #: Configurations whose connections live in worker processes (children of the server).
 PROCESS_WORKER_CONFIGS = ["epoll", "epoll-reuseport",
                           "uring", "uring-reuseport"]
 
-LISTENING_RE = re.compile(r"^listening on \[?(?P<host>[^\s\]]+)\]?:(?P<port>\d+)$")
+LISTENING_RE = re.compile(r"^listening on (?:unix:(?P<path>\S+)|\[?(?P<host>[^\s\]]+)\]?:(?P<port>\d+))$")
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+#: a TCP (host, port), or a unix socket's path
+Address = tuple[str, int] | str
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
@@ -124,14 +136,16 @@ class ServerProcess:
     stats_path: Path | None
     stderr_path: Path
     args: list[str]
+    unix: bool = False
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def address(self) -> Address:
+        """(host, port), or the path of a unix socket (``--unix``)."""
+        return self.host if self.unix else (self.host, self.port)
 
     def ps(self) -> psutil.Process:
         return psutil.Process(self.proc.pid)
@@ -252,7 +266,12 @@ def start_server(
     n = len(list(workdir.glob("server-*.stderr")))
     stderr_path = workdir / f"server-{n}.stderr"
     stats_path = workdir / f"server-{n}.stats.json" if stats else None
-    full = [*args, "-p", str(port)]
+    if "--unix" in args:  # no port; UNIX_PATH becomes a socket in workdir
+        sock = workdir / f"server-{n}.sock"
+        assert len(str(sock)) < 108, f"unix socket path too long for sun_path: {sock}"
+        full = [str(sock) if a == UNIX_PATH else a for a in args]
+    else:
+        full = [*args, "-p", str(port)]
     if stats_path is not None:
         full += ["--stats-file", str(stats_path)]
     with open(stderr_path, "wb") as err:
@@ -277,7 +296,10 @@ def start_server(
     if not m:
         server.kill()
         raise AssertionError(f"expected 'listening on HOST:PORT', got {line!r}; stderr: {server.stderr()}")
-    server.host, server.port = m["host"], int(m["port"])
+    if m["path"]:
+        server.host, server.unix = m["path"], True
+    else:
+        server.host, server.port = m["host"], int(m["port"])
     return server
 
 
@@ -325,11 +347,19 @@ def socket_fd_count(pid: int) -> int:
     return n
 
 
-def connect(address: tuple[str, int], timeout: float = 10.0, source: str | None = None) -> socket.socket:
-    """A blocking TCP connection with TCP_NODELAY (small writes go out as written)."""
+def _stream_socket(address: Address) -> socket.socket:
+    """A TCP socket with TCP_NODELAY (small writes go out as written), or a unix one for a path."""
+    if isinstance(address, str):
+        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def connect(address: Address, timeout: float = 10.0, source: str | None = None) -> socket.socket:
+    """A blocking connection to (host, port) over TCP, or to a unix socket's path."""
+    s = _stream_socket(address)
     try:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if source:
             s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((source, 0))
@@ -342,7 +372,7 @@ def connect(address: tuple[str, int], timeout: float = 10.0, source: str | None 
 
 
 def connect_many(
-    address: tuple[str, int],
+    address: Address,
     n: int,
     *,
     timeout: float = 60.0,
@@ -362,10 +392,9 @@ def connect_many(
     try:
         while len(done) < n:
             while started < n and len(pending) < window:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s = _stream_socket(address)
                 pending[s.fileno()] = s
                 s.setblocking(False)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if source:
                     s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                     s.bind((source, 0))
@@ -655,7 +684,7 @@ def check_echoes(convs: Sequence[Conversation], timeout: float = 60.0) -> None:
 
 
 def echo_once(
-    address: tuple[str, int], payload: bytes = b"ping", timeout: float = 10.0, source: str | None = None
+    address: Address, payload: bytes = b"ping", timeout: float = 10.0, source: str | None = None
 ) -> bytes:
     """Connect, send ``payload``, read it back, close. Returns what came back."""
     with connect(address, timeout=timeout, source=source) as s:

@@ -28,13 +28,13 @@ Handler = Callable[[socket.socket], None]
 
 
 class ThreadServer:
-    """Accepts on a loopback port 0 and runs ``handler(conn)`` in a thread per connection."""
+    """Accepts on a loopback port 0 (or on ``listener``) and runs ``handler(conn)`` in a thread per connection."""
 
-    def __init__(self, handler: Handler, lifetime: float = 30.0) -> None:
+    def __init__(self, handler: Handler, lifetime: float = 30.0, listener: socket.socket | None = None) -> None:
         self.handler = handler
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.listener = listener or socket.create_server(("127.0.0.1", 0), backlog=128)
         self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
+        self.port = self.listener.getsockname()[1] if listener is None else 0
         self.stop = threading.Event()
         self.deadline = time.monotonic() + lifetime
         self.threads: list[threading.Thread] = []

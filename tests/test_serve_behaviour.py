@@ -1,18 +1,21 @@
 """One behaviour suite, run against every server configuration (cf. CPython's test_selectors).
 
 Each test talks to `c10k serve` through sockets only; the parameter is a key of
-``helpers.SERVER_CONFIGS``.
+``helpers.SERVER_CONFIGS``, or of ``helpers.UNIX_CONFIGS``: the same servers on a
+unix-domain socket (``--unix PATH``).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
 
 from helpers import (
+    ALL_SERVER_CONFIGS,
     CONFIG_IDS,
-    SERVER_CONFIGS,
+    UNIX_CONFIG_IDS,
     Conversation,
     MiB,
     assert_echoes,
@@ -25,7 +28,7 @@ from helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.parametrize("config", CONFIG_IDS)
+pytestmark = pytest.mark.parametrize("config", CONFIG_IDS + UNIX_CONFIG_IDS)
 
 
 
@@ -97,11 +100,14 @@ def test_signal_exit_zero_and_stats(serve, config, rng, sig):
     assert (data, how) == (b"", "eof"), "an idle connection must be ended with EOF (write side shut)"
     idle.close()
     assert server.wait(15) == 0, server.stderr()
-    with pytest.raises(ConnectionRefusedError):
-        connect(server.address, timeout=5).close()
+    if server.unix:
+        assert not os.path.exists(server.address), "the server removes its unix socket's file at exit"
+    else:
+        with pytest.raises(ConnectionRefusedError):
+            connect(server.address, timeout=5).close()
 
     stats = server.stats()
-    assert SERVER_CONFIGS[config][0] in stats["architecture"]
+    assert ALL_SERVER_CONFIGS[config][0] in stats["architecture"]
     assert stats["accepted"] == len(socks)
     assert stats["bytes_echoed"] == sum(c.expected_len for c in convs)
     assert len(socks) <= stats["peak_concurrent"] <= stats["accepted"]
