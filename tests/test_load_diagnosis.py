@@ -33,7 +33,11 @@ HEADER = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPHPHits\n"
     (TimeoutEvidence(silent=3, listen_overflows=0, listen_drops=1), "never_accepted", "ListenDrops +1"),
     (TimeoutEvidence(connect_timeouts=4, silent=2, queue_full=90, unix=True), "never_accepted",
      "turned away 90 times"),
+    (TimeoutEvidence(silent=3, listen_overflows=0, listen_drops=0, unaccepted=3), "never_accepted",
+     "still holds 3 connections never accepted"),
     (TimeoutEvidence(silent=10, listen_overflows=0, listen_drops=0), "accepted_no_answer",
+     "10 connections got no byte back"),
+    (TimeoutEvidence(silent=10, listen_overflows=0, listen_drops=0, unaccepted=0), "accepted_no_answer",
      "10 connections got no byte back"),
     (TimeoutEvidence(silent=1, unix=True), "accepted_no_answer", "1 connection got no byte back"),
     (TimeoutEvidence(connect_timeouts=5, listen_overflows=0, listen_drops=0), "connect_unanswered", "5 connects"),
@@ -51,7 +55,7 @@ def test_verdicts(evidence: TimeoutEvidence, verdict: str | None, words: str) ->
 
 def test_counters_are_read_from_the_tcpext_lines(tmp_path: Path, monkeypatch) -> None:
     fake = tmp_path / "netstat"
-    monkeypatch.setattr(netstat, "NETSTAT_PATH", fake)
+    monkeypatch.setattr(netstat, "PROC_NET", tmp_path)
     fake.write_text(HEADER + "TcpExt: 1 55132 55140 9\nIpExt: InNoRoutes\nIpExt: 0\n")
     assert listen_counters() == {"ListenOverflows": 55132, "ListenDrops": 55140}
     fake.write_text("IpExt: InNoRoutes\nIpExt: 0\n" + HEADER + "TcpExt: 1 2 3 4\n")
@@ -60,6 +64,26 @@ def test_counters_are_read_from_the_tcpext_lines(tmp_path: Path, monkeypatch) ->
     assert listen_counters() is None
     fake.unlink()
     assert listen_counters() is None
+
+
+TCP = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def test_accept_queue_is_the_listeners_rx_queue(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(netstat, "PROC_NET", tmp_path)
+    (tmp_path / "tcp").write_text(TCP + "".join(f"{i:4}: {local} 00000000:0000 {st} 00000000:{rx} 00:0 0 0 0 1\n"
+                                                for i, (local, st, rx) in enumerate([
+        ("0100007F:1B58", "0A", "00000003"),  # 127.0.0.1:7000, listening, 3 waiting
+        ("00000000:1B58", "0A", "00000002"),  # 0.0.0.0:7000, a SO_REUSEPORT sibling: 2 more
+        ("0200007F:1B58", "0A", "00000009"),  # 127.0.0.2:7000: another address
+        ("0100007F:1B59", "0A", "00000009"),  # another port
+        ("0100007F:1B58", "01", "00000040"),  # an established connection's receive queue
+    ])))
+    (tmp_path / "tcp6").write_text(TCP + "   0: 00000000000000000000000001000000:1B58 "
+                                         "00000000000000000000000000000000:0000 0A 00000000:00000004 00:0 0 0 0 1\n")
+    assert netstat.accept_queue("127.0.0.1", 7000) == 5
+    assert netstat.accept_queue("::1", 7000) == 4
+    assert netstat.accept_queue("127.0.0.1", 7002) is None
 
 
 def test_only_this_hosts_addresses_are_local() -> None:
@@ -75,6 +99,7 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
 print(s.getsockname()[1], flush=True)
 sys.stdin.read()
 """
+NEVER_ACCEPTS_ROOMY = NEVER_ACCEPTS.replace("listen(1)", "listen(128)")
 ACCEPTS_NEVER_ANSWERS = """
 import socket, sys, threading
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(128)
@@ -129,9 +154,19 @@ def test_tiny_backlog_never_accepting_is_never_accepted(host: Hosts, tmp_path: P
 
 
 @pytest.mark.timeout(180)
+def test_roomy_backlog_never_accepting_is_never_accepted(host: Hosts, tmp_path: Path) -> None:
+    """No overflow at all: the connections wait in the listener's queue, which says so."""
+    s = run_in(host, NEVER_ACCEPTS_ROOMY, 8, tmp_path)
+    t = s["timeouts"]
+    assert t["verdict"] == "never_accepted", t
+    assert t["listen_overflows"] == 0 and t["unaccepted"] == 8 == t["silent"]
+    assert "still holds 8 connections never accepted" in t["reason"]
+
+
+@pytest.mark.timeout(180)
 def test_accepting_but_never_answering_is_accepted_no_answer(host: Hosts, tmp_path: Path) -> None:
     s = run_in(host, ACCEPTS_NEVER_ANSWERS, 8, tmp_path)
     t = s["timeouts"]
     assert t["verdict"] == "accepted_no_answer", t
-    assert t["listen_overflows"] == 0 and t["connect_timeouts"] == 0
+    assert t["listen_overflows"] == 0 and t["connect_timeouts"] == 0 and t["unaccepted"] == 0
     assert t["silent"] == s["errors"]["timeout"] == 8

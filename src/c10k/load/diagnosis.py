@@ -4,14 +4,16 @@ From the client alone both look the same: a connection whose handshake
 completed, whose message went out, and that got no byte back. What tells them
 apart is on the server's host: a listener whose accept queue is full drops
 handshakes (``ListenOverflows``/``ListenDrops`` in /proc/net/netstat, read
-before and after the run when the target is on this host, ``netstat.py``). A
-unix-domain socket's full queue is answered at once: connect() fails with
-EAGAIN, which the ramp retries and counts (``queue_full``). So:
+before and after the run when the target is on this host), and a listener that
+never accepts keeps its clients in its queue (its line in /proc/net/tcp, read
+after the run; both in ``netstat.py``). A unix-domain socket's full queue is
+answered at once: connect() fails with EAGAIN, which the ramp retries and
+counts (``queue_full``). So:
 
 * ``never_accepted``: timeouts with no byte back (or connects that never
-  completed) while the accept queue overflowed;
-* ``accepted_no_answer``: connections got no byte back and no queue
-  overflowed on this host;
+  completed) while the accept queue overflowed, or still holds connections;
+* ``accepted_no_answer``: connections got no byte back, no queue overflowed
+  on this host and none is left waiting in the listener's;
 * ``answered_then_stalled``: the server answered some messages, then stopped;
 * ``connect_unanswered``: connects timed out and no queue overflowed (a
   firewall, a lost route, a host that is down);
@@ -28,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from c10k.netstat import is_local_address, listen_counters
+from c10k.netstat import accept_queue, is_local_address, listen_counters
 from c10k.text import plural
 
 __all__ = ["TimeoutEvidence", "diagnose", "ListenWatch"]
@@ -44,6 +46,8 @@ class TimeoutEvidence:
         stalled: connections that timed out after some bytes came back.
         listen_overflows, listen_drops: the host's counters' growth over the
             run; None when the target is not on this host (or not TCP).
+        unaccepted: connections left in the target listener's accept queue
+            after the run; None when not read (not local, no timeouts) or not found.
         queue_full: unix connects refused with EAGAIN (the accept queue was full).
         unix: the target is a unix-domain socket.
     """
@@ -53,6 +57,7 @@ class TimeoutEvidence:
     stalled: int = 0
     listen_overflows: int | None = None
     listen_drops: int | None = None
+    unaccepted: int | None = None
     queue_full: int = 0
     unix: bool = False
 
@@ -80,9 +85,11 @@ def diagnose(e: TimeoutEvidence) -> dict[str, Any]:
         overflowed = e.queue_full > 0
         evidence = f"connect() was turned away {plural(e.queue_full, 'time')} (EAGAIN: its accept queue was full)"
     else:
-        overflowed = bool(e.listen_overflows or e.listen_drops)
+        overflowed = bool(e.listen_overflows or e.listen_drops or e.unaccepted)
         evidence = (f"this host counted ListenOverflows +{e.listen_overflows or 0:,}, "
                     f"ListenDrops +{e.listen_drops or 0:,} during the run")
+        if e.unaccepted:
+            evidence += f", and its listener still holds {plural(e.unaccepted, 'connection')} never accepted"
     known = e.unix or e.listen_overflows is not None
     if quiet and overflowed:
         verdict, why = "never_accepted", f"the server never accepted: {evidence}; {counts}"
@@ -91,7 +98,7 @@ def diagnose(e: TimeoutEvidence) -> dict[str, Any]:
                                    "overflowed cannot be read here (nstat TcpExtListenOverflows on the server)")
     elif e.silent:
         verdict, why = "accepted_no_answer", (f"the server accepted but did not answer: {counts}, and no "
-                                              "accept queue overflowed")
+                                              "accept queue overflowed or was left waiting")
     elif e.connect_timeouts:
         verdict, why = "connect_unanswered", (f"connects went unanswered though no accept queue overflowed "
                                               f"(a firewall, a lost route, a host that is down): {counts}")
@@ -108,6 +115,7 @@ class ListenWatch:
     """
 
     def __init__(self, family: int, address: tuple | str) -> None:
+        self.address = address
         local = family != socket.AF_UNIX and is_local_address(family, address[0])
         self.before = listen_counters() if local else None
 
@@ -117,8 +125,12 @@ class ListenWatch:
         silent = sum(c.get("silent_timeouts", 0) for c in counters)
         after = listen_counters() if self.before is not None else None
         grew = {k: max(0, after[k] - self.before[k]) for k in after} if after and self.before else {}
+        connect_timeouts = errors.get("connect_timeout", 0)
+        unaccepted = None
+        if self.before is not None and (silent or connect_timeouts):  # /proc/net/tcp only when it matters
+            unaccepted = accept_queue(self.address[0], self.address[1])  # type: ignore[arg-type]
         return diagnose(TimeoutEvidence(
-            connect_timeouts=errors.get("connect_timeout", 0), silent=silent,
+            connect_timeouts=connect_timeouts, silent=silent, unaccepted=unaccepted,
             stalled=max(0, errors.get("timeout", 0) - silent),
             listen_overflows=grew.get("ListenOverflows"), listen_drops=grew.get("ListenDrops"),
             queue_full=sum(c.get("queue_full", 0) for c in counters), unix=unix))
