@@ -27,7 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "COUNT times on each, check every echo byte for byte and time every round trip. "
                     "Writes OUT/summary.json, OUT/connections.csv and OUT/timeseries.csv. Exit 0 only when every "
                     "connection was established and every message came back byte-exact, 1 otherwise, 2 for "
-                    "usage errors, 130 after Ctrl-C and 143 after SIGTERM (what was measured is still written).")
+                    "usage errors, 130 after Ctrl-C and 143 after SIGTERM (what was measured is still written).",
+        epilog="TARGET: HOST:PORT, tcp://HOST:PORT, [::1]:PORT (IPv6 in brackets) or unix:/path.sock (a unix-domain "
+               "socket: no ports, source addresses or TCP limits). TLS is out of scope. The summary gives bandwidth "
+               "(MiB/s up and down, over the message phase) beside msg/s, and says why connections timed out: "
+               "'the server never accepted' (its accept queue overflowed: ListenOverflows/ListenDrops in "
+               "/proc/net/netstat grew during the run, or the listener still holds them; a unix connect found the "
+               "queue full) or 'accepted but did not answer'; read on this host only, so a remote target's "
+               "verdict is 'unknown'.")
     # Defaults are None so that "no arguments at all" can be told apart (the interactive mode).
     p.add_argument("target", nargs="?", metavar="TARGET",
                    help="the server: HOST:PORT, tcp://HOST:PORT, [IPv6]:PORT or unix:/path.sock (a unix-domain "
@@ -238,14 +245,12 @@ def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int |
               f"({s['messages_per_s']:,.0f} msg/s, {_bandwidth(s)}, connect {s['connect_s']:.3f} s); latency "
               f"p50 {latency_words(lat['p50'])} p99 {latency_words(lat['p99'])} max {latency_words(lat['max'])}; "
               f"wrote {summary_path}, {csv_path} and timeseries.csv")
-        if s["timeouts"]["verdict"]:
-            print(f"timeouts: {s['timeouts']['reason']}")
     if s.get("interrupted") or signum is not None:
         print(f"c10k load: interrupted; wrote what was measured to {summary_path}", file=sys.stderr)
         return 128 + (signum or signal.SIGINT)  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
     if not result.ok:
         errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "no reason recorded"
-        why = f"; {s['timeouts']['reason']}" if s["timeouts"]["verdict"] else ""
+        why = f"; {s['timeouts']['reason']}" if s["timeouts"]["verdict"] else ""  # why they timed out
         print(f"c10k load: {s['connections']['failed']:,} of {plural(s['connections']['requested'], 'connection')} "
               f"failed, {s['messages']['mismatched']:,} mismatched: {errors}{why}", file=sys.stderr)
         return 1

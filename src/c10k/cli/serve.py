@@ -19,9 +19,10 @@ from c10k.servers.unix import UNIX_ARCHITECTURES, remove_socket_file
 DEFAULTS = ServerConfig()
 
 EPILOG = """\
-Prints "listening on HOST:PORT" once it accepts connections. SIGTERM or SIGINT
-stops it gracefully: no new connections, the echo of everything already read
-is sent, each connection gets EOF, exit 0 within --shutdown-timeout.
+Prints "listening on HOST:PORT" (with --unix: "listening on unix:PATH") once
+it accepts connections. SIGTERM or SIGINT stops it gracefully: no new
+connections, the echo of everything already read is sent, each connection
+gets EOF, exit 0 within --shutdown-timeout.
 Exit status: 0 after a clean stop, 1 when it cannot listen (e.g. the port is in
 use), 2 for bad arguments.
 
