@@ -296,9 +296,9 @@ def _print_table(s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from c10k.text import host_port, latency_words
+    from c10k.text import latency_words
 
-    t = Table(title=f"c10k load -> {s.get('target') or host_port(s['host'], s['port'])}", show_header=False)
+    t = Table(title=f"c10k load -> {s['target']}", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
     c, m, lat = s["connections"], s["messages"], s["latency_us"]
