@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from c10k import netstat
+from c10k.load import run_load
 from c10k.load.diagnosis import TimeoutEvidence, diagnose
 from c10k.netstat import is_local_address, listen_counters
 from netns import Hosts, netns_available
+from test_load_faults import ThreadServer, stall
 
 HEADER = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPHPHits\n"
 
@@ -84,6 +86,19 @@ def test_accept_queue_is_the_listeners_rx_queue(tmp_path: Path, monkeypatch) -> 
     assert netstat.accept_queue("127.0.0.1", 7000) == 5
     assert netstat.accept_queue("::1", 7000) == 4
     assert netstat.accept_queue("127.0.0.1", 7002) is None
+
+
+@pytest.mark.timeout(60)
+def test_silent_timeouts_are_counted_across_load_processes() -> None:
+    srv = ThreadServer(stall)  # reads, never answers
+    try:
+        r = run_load("127.0.0.1", srv.port, connections=4, count=3, processes=2, timeout=0.5)
+    finally:
+        srv.close()
+    t = r.summary["timeouts"]
+    assert r.summary["errors"] == {"timeout": 4}
+    assert (t["silent"], t["stalled"], t["connect_timeouts"]) == (4, 0, 0)
+    assert t["unaccepted"] == 0  # all four were accepted
 
 
 def test_only_this_hosts_addresses_are_local() -> None:

@@ -142,6 +142,5 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         extra["stop_signal"] = signal.Signals(stop.signum).name
     result = merge_results(parts, host=plan.target if s.unix else s.host, port=0 if s.unix else s.port,
                            requested=s.connections, extra=extra, timeseries=series.finish())
-    result.summary["timeouts"] = watch.diagnose((p.counters for p in parts), result.summary["errors"],
-                                                unix=bool(s.unix))
+    result.summary["timeouts"] = watch.diagnose((p.counters for p in parts), result.summary["errors"])
     return result

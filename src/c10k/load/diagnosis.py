@@ -116,10 +116,11 @@ class ListenWatch:
 
     def __init__(self, family: int, address: tuple | str) -> None:
         self.address = address
-        local = family != socket.AF_UNIX and is_local_address(family, address[0])
+        self.unix = family == socket.AF_UNIX
+        local = not self.unix and is_local_address(family, address[0])
         self.before = listen_counters() if local else None
 
-    def diagnose(self, counters: Iterable[dict[str, int]], errors: dict[str, int], unix: bool) -> dict[str, Any]:
+    def diagnose(self, counters: Iterable[dict[str, int]], errors: dict[str, int]) -> dict[str, Any]:
         """The verdict, from every load process's counters and the run's error counts."""
         counters = list(counters)
         silent = sum(c.get("silent_timeouts", 0) for c in counters)
@@ -133,4 +134,4 @@ class ListenWatch:
             connect_timeouts=connect_timeouts, silent=silent, unaccepted=unaccepted,
             stalled=max(0, errors.get("timeout", 0) - silent),
             listen_overflows=grew.get("ListenOverflows"), listen_drops=grew.get("ListenDrops"),
-            queue_full=sum(c.get("queue_full", 0) for c in counters), unix=unix))
+            queue_full=sum(c.get("queue_full", 0) for c in counters), unix=self.unix))
