@@ -322,6 +322,12 @@ def run(args: argparse.Namespace) -> int:
         out = _out_dir(args, matrix.name)
         print(f"c10k study: matrix {matrix.name}, {len(matrix.cases)} cases, about {about}; report in {out}/",
               flush=True)
+        if args.topology != "netns":
+            from c10k.study.conntrack import too_small_note
+
+            warning = too_small_note(max(c.connections for c in matrix.cases))
+            if warning:
+                print(f"c10k study: warning: {warning}", file=sys.stderr, flush=True)
         progress = _Progress(len(matrix.cases), f"study {matrix.name}")
         try:
             with topology as commands:

@@ -39,6 +39,7 @@ from typing import Any
 import psutil
 
 from c10k import capacity, limits
+from c10k.study import conntrack
 from c10k.study.cases import SERVERS, Case, Matrix
 from c10k.study.sampler import ProcessTreeSampler, Usage
 from c10k.study.verdict import Evidence, decide
@@ -491,6 +492,10 @@ def _run_and_record(study: StudyResult, case: Case, out_dir: Path, commands: Com
     """Run one case, add it to the study and rewrite results.json, so a cut-short run keeps it."""
     if progress:
         progress(case, None)
+    if study.topology.get("kind") in ("loopback", "container"):  # both ends' connections tracked here
+        waited = conntrack.wait_for_room(case.connections)
+        if waited:
+            study.notes.append(conntrack.room_note(case.number, waited))
     result = run_case(case, out_dir, commands)
     study.results.append(result)
     study.duration_s = time.monotonic() - t0
