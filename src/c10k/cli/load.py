@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from c10k.cli.load_requests import OPTIONS as REQUEST_OPTIONS
+from c10k.cli.load_requests import add_options as add_request_options
+from c10k.cli.load_requests import exchange_from, message_from, seconds
 from c10k.errors import C10kError, UsageError
 from c10k.outputs import check_writable_dir
 
@@ -46,13 +48,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "127.0.0.x for loopback targets past one address's ephemeral ports)")
     p.add_argument("--rate", type=float, metavar="MSG_PER_S",
                    help="open loop: total messages per second on a fixed timetable (needs --duration)")
-    p.add_argument("--duration", type=float, metavar="S", help="open loop: seconds of sending")
+    p.add_argument("--duration", type=seconds, metavar="TIME",
+                   help="with --rate: seconds of sending (open loop); without: a closed loop that runs for TIME "
+                        "(e.g. 30s, like wrk -d), each connection sending its next request as soon as its reply "
+                        "is in (-n then bounds it too)")
     p.add_argument("--no-barrier", dest="barrier", action="store_false", default=None,
                    help="start each connection's messages as soon as it connects")
     p.add_argument("--sample-budget", type=_size_bytes, metavar="SIZE",
                    help="raw latency samples each load process keeps, exact percentiles (default 64MiB); past "
                         "it they are folded into an HDR histogram (3 significant digits) and the summary gives "
                         "each percentile's error bound. SIZE: bytes or e.g. 512KiB, 64MiB, 1GiB")
+    add_request_options(p)
     p.add_argument("--out", metavar="DIR", help=f"results directory (default {DEFAULTS['out']})")
     p.add_argument("-q", "--quiet", action="store_true", default=None, help="print nothing unless it fails")
     p.add_argument("--json", action="store_true", default=None,
@@ -137,27 +143,28 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
     if all(getattr(args, k) is None for k in ("host", "port", "message", "size", "count", "connections",
                                                 "processes", "connect_rate", "timeout", "source_ip", "rate",
                                                 "duration", "barrier", "out", "quiet", "json", "dry_run", "tune",
-                                                "max_p50", "max_p99", "max_errors", "min_rate", "sample_budget")) \
+                                                "max_p50", "max_p99", "max_errors", "min_rate", "sample_budget",
+                                                *REQUEST_OPTIONS)) \
             and sys.stdin.isatty():
         _ask(args)
     if args.rate is not None and args.rate == 0:
         raise UsageError("--rate must be more than 0 messages/s (leave it out for a closed loop)")
+    count_given = args.count is not None
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.message is not None and args.size is not None:
-        raise UsageError("give either -m/--message or --size, not both")
+    message = message_from(args)  # -m (with -e, unescaped) or --message-file
     if args.size is not None:
         message = make_message(args.size)
-    elif args.message is not None:
-        message = os.fsencode(args.message)  # the bytes typed, even when they are not UTF-8
-    else:
+    elif message is None:
         message = DEFAULT_MESSAGE
+    exchange, rate = exchange_from(args, message, count_given)
     sources = [ip.strip() for item in (args.source_ip or []) for ip in item.split(",") if ip.strip()]
     return LoadSettings(
         host=args.host, port=args.port, message=message, count=args.count, connections=args.connections,
         processes=args.processes, connect_rate=args.connect_rate, timeout=args.timeout, source_ips=tuple(sources),
-        barrier=args.barrier is not False, rate=args.rate, duration=args.duration, tune=bool(args.tune),
+        barrier=args.barrier is not False, rate=rate or args.rate, duration=args.duration, tune=bool(args.tune),
+        exchange=exchange,
         **({} if args.sample_budget is None else {"sample_budget": args.sample_budget}))
 
 
@@ -236,6 +243,11 @@ def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int |
         errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "no reason recorded"
         print(f"c10k load: {s['connections']['failed']:,} of {plural(s['connections']['requested'], 'connection')} "
               f"failed, {s['messages']['mismatched']:,} mismatched: {errors}", file=sys.stderr)
+        for why, ex in s.get("error_examples", {}).items():  # what came back, for the reasons that kept it
+            where = "" if ex["offset"] is None else f" (differs at byte {ex['offset']})"
+            wanted = "" if ex["expected"] is None else f", expected '{ex['expected']}'"
+            print(f"c10k load: {why} on connection {ex['connection']}: got '{ex['got']}'{where}{wanted}",
+                  file=sys.stderr)
         return 1
     failed = broken(s, thresholds) if thresholds else []
     if failed:

@@ -28,6 +28,7 @@ from typing import Any
 from c10k.errors import C10kError
 from c10k.limits import nofile_limits
 from c10k.load.engine import EngineSpec
+from c10k.load.exchange import Exchange
 from c10k.load.plan import LoadPlan, plan_load
 from c10k.load.results import LoadResult, ProcessResult, merge_results, write_results
 from c10k.load.settings import DEFAULT_MESSAGE, LoadSettings, make_message
@@ -36,6 +37,7 @@ from c10k.load.timeseries import TimeSeries
 
 __all__ = [
     "DEFAULT_MESSAGE",
+    "Exchange",
     "LoadPlan",
     "LoadResult",
     "LoadSettings",
@@ -106,7 +108,7 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         connect_rate=s.connect_rate * share.connections / s.connections,
         max_connecting=max(16, 1024 // plan.processes), timeout=s.timeout, barrier=s.barrier,
         rate=s.rate * share.connections / s.connections, duration=s.duration, index=share.index,
-        sample_budget=s.sample_budget, origin_ns=origin)
+        sample_budget=s.sample_budget, origin_ns=origin, exchange=s.exchange)
         for share in plan.shares]
     series = TimeSeries(len(specs))
     with stop_signals() as stop:
@@ -133,8 +135,10 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "plan": plan.as_dict(),
     }
-    if s.open_loop:
+    if s.open_loop or s.duration:
         extra.update({"rate": s.rate, "duration_s": s.duration})
+    if s.exchange is not None:
+        extra["exchange"] = s.exchange.describe()
     if stop.signum is not None:
         extra["stop_signal"] = signal.Signals(stop.signum).name
     return merge_results(parts, host=s.host, port=s.port, requested=s.connections, extra=extra,
