@@ -35,7 +35,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("-e", "--unescape", action="store_true", default=None,
                    help=r"turn \r \n \t \0 \xNN and \\ in -m, --first-message, the expectations and "
                         r"--reply-until into the bytes they name (e.g. -e -m 'PING\r\n')")
-    r.add_argument("--message-file", metavar="PATH", help="send the bytes of this file, as they are")
+    r.add_argument("--message-file", metavar="PATH",
+                   help="send the bytes of this file, as they are (no escapes, no fields)")
     r.add_argument("--first-message", metavar="TEXT",
                    help="send this first on each new socket (e.g. an AUTH or a protocol hello); requests follow "
                         "once its reply is in; its reply is checked (as the others, unless --first-expect...) "
@@ -51,7 +52,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     exp = e.add_mutually_exclusive_group()
     exp.add_argument("--expect", metavar="TEXT",
                      help="the exact reply to every request (e.g. -e --expect '+PONG\\r\\n')")
-    exp.add_argument("--expect-file", metavar="PATH", help="the exact reply: the bytes of this file")
+    exp.add_argument("--expect-file", metavar="PATH",
+                     help="the exact reply: the bytes of this file, as they are")
     exp.add_argument("--expect-prefix", metavar="TEXT",
                      help="what every reply begins with (e.g. 'HTTP/1.1 200'); needs a --reply-... rule")
     exp.add_argument("--expect-regex", metavar="REGEX",
@@ -148,7 +150,7 @@ def _rule(args: argparse.Namespace, framing: Framing, exact: bytes | None, prefi
     from c10k.load.request import Template
 
     if exact is not None:
-        return ReplyRule(EXACT, Template(exact), framing=framing)
+        return ReplyRule(EXACT, Template(exact, fields=args.expect_file is None), framing=framing)
     if prefix is not None:
         return ReplyRule(PREFIX, Template(_text(args, prefix, f"{option}-prefix")), framing=framing)
     if regex is not None:
@@ -163,12 +165,12 @@ def exchange_from(args: argparse.Namespace, message: bytes, count_given: bool) -
 
     rate = 0.0
     if args.rate_per_connection is not None:
-        if args.rate is not None:
+        if args.rate:
             raise UsageError("give either --rate or --rate-per-connection, not both")
         if not (args.rate_per_connection > 0 and args.rate_per_connection < float("inf")):
             raise UsageError(f"--rate-per-connection must be a finite number above 0, not {args.rate_per_connection}")
         rate = args.rate_per_connection * args.connections
-    template = Template(message)
+    template = Template(message, fields=args.message_file is None)  # a file's bytes go as they are
     closed_by_time = bool(args.duration) and not (args.rate or rate)
     if all(getattr(args, k) is None for k in _GENERAL) and template.fixed and not closed_by_time:
         return None, rate

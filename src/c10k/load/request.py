@@ -52,12 +52,12 @@ class Template:
     a plain message is returned as it is.
     """
 
-    def __init__(self, text: bytes) -> None:
+    def __init__(self, text: bytes, fields: bool = True) -> None:
         self.text = bytes(text)
-        # split into literal pieces and field names, in order
-        pieces = re.split(rb"(\{connection\}|\{seq\})", self.text)
+        # split into literal pieces and field names, in order (``fields=False``: bytes sent as they are)
+        pieces = re.split(rb"(\{connection\}|\{seq\})", self.text) if fields else [self.text]
         self.pieces = [p for p in pieces if p]
-        self.fixed = not any(p in FIELDS for p in self.pieces)
+        self.fixed = not fields or not any(p in FIELDS for p in self.pieces)
 
     def render(self, connection: int, seq: int) -> bytes:
         if self.fixed:
