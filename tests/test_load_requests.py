@@ -311,6 +311,7 @@ def test_message_file_is_sent_as_it_is(aserver: Callable[[Handler], AsyncioServe
     status, s, _ = load(tmp_path, srv.port, "--message-file", str(tmp_path / "req.bin"), "-n", "7")
     assert status == 0, s["errors"]
     assert s["bytes"] == {"sent": 7 * len(payload), "echoed": 7 * len(payload)}
+    assert "exchange" not in s  # a message alone, from a file or -e, keeps the echo fast path
 
 
 def test_closed_loop_bounded_by_time(aserver: Callable[[Handler], AsyncioServer], tmp_path: Path) -> None:
@@ -387,3 +388,23 @@ def test_one_wrong_byte_is_a_mismatch_at_once(aserver: Callable[[Handler], Async
     assert s["error_examples"]["mismatch"]["got"] == "X"
     assert s["error_examples"]["mismatch"]["offset"] == 0
     assert [r["got"] for r in rows] == ["X", "X"]
+
+
+def test_forked_load_processes_carry_replies_and_mismatches(redis: int, tmp_path: Path) -> None:
+    status, s, rows = load(tmp_path, redis, "-e", "-m", r"PING\r\n", "--expect", r"+PONG\r\n", "-c", "4", "-n", "50",
+                           "--processes", "2", "--no-barrier")
+    assert status == 0, s["errors"]
+    assert [int(r["bytes"]) for r in rows] == [50 * 7] * 4 and len(s["processes"]) == 2
+    status, s, rows = load(tmp_path, redis, "-e", "-m", r"PING\r\n", "--expect", r"+PANG\r\n", "-c", "4",
+                           "--processes", "2")
+    assert status == 1 and s["errors"] == {"mismatch": 4}
+    assert {(r["process"], r["mismatch_offset"], r["got"]) for r in rows} == {("0", "2", r"+PONG\r\n"),
+                                                                             ("1", "2", r"+PONG\r\n")}
+
+
+def test_paced_pipelined_timetable(aserver: Callable[[Handler], AsyncioServer], tmp_path: Path) -> None:
+    srv = aserver(echo)
+    status, s, _ = load(tmp_path, srv.port, "-c", "2", "--rate-per-connection", "50", "--duration", "1s",
+                        "--pipeline", "4", "-e", "-m", r"r{seq}\n")
+    assert status == 0, s["errors"]
+    assert 50 <= s["messages"]["sent"] <= 100 and s["messages"]["echoed"] == s["messages"]["sent"]

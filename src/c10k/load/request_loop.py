@@ -44,7 +44,7 @@ READ_SIZE = 1 << 16
 class _Socket:
     """One running socket's conversation."""
 
-    __slots__ = ("j", "reader", "sent", "born", "greeted", "closing")
+    __slots__ = ("j", "reader", "sent", "born", "greeted", "closing", "waiting")
 
     def __init__(self, j: int, now: int, greeted: bool) -> None:
         self.j = j
@@ -53,6 +53,7 @@ class _Socket:
         self.born = now
         self.greeted = greeted  # the first message's reply is in (or there is none)
         self.closing = False  # its lifetime is over: no more requests
+        self.waiting = False  # on the timetable, for its next turn
 
 
 class RequestLoop(SampledPhase):
@@ -206,8 +207,10 @@ class RequestLoop(SampledPhase):
         return self.requests is not None and int(self.t.sent[j]) >= self.requests
 
     def _wait_turn(self, fd: int, s: _Socket, turn: float) -> None:
-        self.ties += 1
-        heapq.heappush(self.timetable, (turn, self.ties, fd, s))
+        if not s.waiting:  # once: a reply that comes while it waits must not queue it again
+            s.waiting = True
+            self.ties += 1
+            heapq.heappush(self.timetable, (turn, self.ties, fd, s))
 
     def _recycle(self, fd: int, j: int) -> None:
         """The socket's lifetime is over: close it and connect again, as the same connection."""
@@ -283,6 +286,7 @@ class RequestLoop(SampledPhase):
         tt = self.timetable
         while tt and tt[0][0] <= now:
             _, _, fd, s = heapq.heappop(tt)
+            s.waiting = False
             if self.socks.get(fd) is s:
                 self._fill(fd, s, now)
 
