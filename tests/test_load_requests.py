@@ -408,3 +408,19 @@ def test_paced_pipelined_timetable(aserver: Callable[[Handler], AsyncioServer], 
                         "--pipeline", "4", "-e", "-m", r"r{seq}\n")
     assert status == 0, s["errors"]
     assert 50 <= s["messages"]["sent"] <= 100 and s["messages"]["echoed"] == s["messages"]["sent"]
+
+
+def test_a_timeout_keeps_the_part_of_the_reply_that_came(aserver: Callable[[Handler], AsyncioServer],
+                                                         tmp_path: Path) -> None:
+    async def half_then_stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read(15)
+        writer.write(request[:5])  # right so far, and then nothing
+        await writer.drain()
+        await asyncio.sleep(120)
+
+    srv = aserver(half_then_stall)
+    for extra in ([], ["--expect", "Gary's spamming"]):  # the echo fast path, the general loop
+        status, s, rows = load(tmp_path, srv.port, "--timeout", "1", *extra)
+        assert status == 1 and s["errors"] == {"timeout": 1}
+        assert s["error_examples"]["timeout"]["got"] == "Gary'" and s["error_examples"]["timeout"]["offset"] is None
+        assert rows[0]["got"] == "Gary'" and rows[0]["mismatch_offset"] == ""

@@ -122,7 +122,10 @@ class ConnectionTable:
             self.failed += 1
         if self.state[fd] == RUNNING:
             self.settle(fd, j, outstanding)
-        self.extra_rx += self.partial.get(fd, 0)
+        got = self.partial.get(fd, 0)
+        if got:  # the part of an echo that came (e.g. before a timeout)
+            self.note_reply(j, -1, self.pbuf[fd][:got], self.msg)
+        self.extra_rx += got
         self.close(fd)
 
     def fail_unopened(self, j: int, why: str) -> None:
