@@ -26,9 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "load", help="run an echo load: connections x messages, every byte checked and timed",
         description="Open CONNECTIONS connections to an echo server (all at once by default), send MESSAGE "
-                    "COUNT times on each, check every echo byte for byte and time every round trip. "
+                    "COUNT times on each, check every echo byte for byte and time every round trip. Other "
+                    "request/response servers (Redis, line protocols, HTTP/1.1): see --expect... and --reply-... "
+                    "below. "
                     "Writes OUT/summary.json, OUT/connections.csv and OUT/timeseries.csv. Exit 0 only when every "
-                    "connection was established and every message came back byte-exact, 1 otherwise, 2 for "
+                    "connection was established and every reply was correct (by default: the byte-exact echo), "
+                    "1 otherwise, 2 for "
                     "usage errors, 130 after Ctrl-C and 143 after SIGTERM (what was measured is still written).")
     # Defaults are None so that "no arguments at all" can be told apart (the interactive mode).
     p.add_argument("--host", help=f"server host (default {DEFAULTS['host']})")
