@@ -13,8 +13,8 @@ The open loop is ``open_loop.py``. A run with an ``Exchange`` (expected
 replies other than the echo, pipelining, churn...) uses the general
 ``RequestLoop`` (``request_loop.py``) instead of either. They all keep raw
 samples up to the sample budget and fold the rest into a histogram
-(``latency.py``); every phase bins the run into seconds (``timeseries.py``). Ctrl-C (KeyboardInterrupt) in any phase ends
-the run and keeps what was measured.
+(``latency.py``); every phase bins the run into seconds (``timeseries.py``).
+Ctrl-C (KeyboardInterrupt) in any phase ends the run and keeps what was measured.
 """
 
 from __future__ import annotations
