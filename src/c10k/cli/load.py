@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from c10k.cli.load_requests import OPTIONS as REQUEST_OPTIONS
+from c10k.cli.load_requests import add_options as add_request_options
+from c10k.cli.load_requests import exchange_from, message_from, seconds
 from c10k.errors import C10kError, UsageError
 from c10k.outputs import check_writable_dir
 
@@ -24,9 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "load", help="run an echo load: connections x messages, every byte checked and timed",
         description="Open CONNECTIONS connections to an echo server (all at once by default), send MESSAGE "
-                    "COUNT times on each, check every echo byte for byte and time every round trip. "
+                    "COUNT times on each, check every echo byte for byte and time every round trip. Other "
+                    "request/response servers (Redis, line protocols, HTTP/1.1): see --expect... and --reply-... "
+                    "below. "
                     "Writes OUT/summary.json, OUT/connections.csv and OUT/timeseries.csv. Exit 0 only when every "
-                    "connection was established and every message came back byte-exact, 1 otherwise, 2 for "
+                    "connection was established and every reply was correct (by default: the byte-exact echo), "
+                    "1 otherwise, 2 for "
                     "usage errors, 130 after Ctrl-C and 143 after SIGTERM (what was measured is still written).",
         epilog="TARGET: HOST:PORT, tcp://HOST:PORT, [::1]:PORT (IPv6 in brackets) or unix:/path.sock (a unix-domain "
                "socket: no ports, source addresses or TCP limits). TLS is out of scope. The summary gives bandwidth "
@@ -56,13 +61,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "127.0.0.x for loopback targets past one address's ephemeral ports)")
     p.add_argument("--rate", type=float, metavar="MSG_PER_S",
                    help="open loop: total messages per second on a fixed timetable (needs --duration)")
-    p.add_argument("--duration", type=float, metavar="S", help="open loop: seconds of sending")
+    p.add_argument("--duration", type=seconds, metavar="TIME",
+                   help="with --rate: seconds of sending (open loop); without: a closed loop that runs for TIME "
+                        "(e.g. 30s, like wrk -d), each connection sending its next request as soon as its reply "
+                        "is in (-n then bounds it too)")
     p.add_argument("--no-barrier", dest="barrier", action="store_false", default=None,
                    help="start each connection's messages as soon as it connects")
     p.add_argument("--sample-budget", type=_size_bytes, metavar="SIZE",
                    help="raw latency samples each load process keeps, exact percentiles (default 64MiB); past "
                         "it they are folded into an HDR histogram (3 significant digits) and the summary gives "
                         "each percentile's error bound. SIZE: bytes or e.g. 512KiB, 64MiB, 1GiB")
+    add_request_options(p)
     p.add_argument("--out", metavar="DIR", help=f"results directory (default {DEFAULTS['out']})")
     p.add_argument("-q", "--quiet", action="store_true", default=None, help="print nothing unless it fails")
     p.add_argument("--json", action="store_true", default=None,
@@ -149,30 +158,29 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
                                                 "processes", "connect_rate", "timeout", "source_ip", "rate",
                                                 "duration", "barrier", "out", "quiet", "json", "dry_run", "tune",
                                                 "max_p50", "max_p99", "max_errors", "min_rate", "sample_budget",
-                                                "target")) \
+                                                "target", *REQUEST_OPTIONS)) \
             and sys.stdin.isatty():
         _ask(args)
     if args.rate is not None and args.rate == 0:
         raise UsageError("--rate must be more than 0 messages/s (leave it out for a closed loop)")
     target = merge_target(args.target, args.host, args.port)
     args.host, args.port = target.host, target.port
+    count_given = args.count is not None
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.message is not None and args.size is not None:
-        raise UsageError("give either -m/--message or --size, not both")
+    message = message_from(args)  # -m (with -e, unescaped) or --message-file
     if args.size is not None:
         message = make_message(args.size)
-    elif args.message is not None:
-        message = os.fsencode(args.message)  # the bytes typed, even when they are not UTF-8
-    else:
+    elif message is None:
         message = DEFAULT_MESSAGE
+    exchange, rate = exchange_from(args, message, count_given)
     sources = [ip.strip() for item in (args.source_ip or []) for ip in item.split(",") if ip.strip()]
     return LoadSettings(
         host=args.host, port=args.port, message=message, count=args.count, connections=args.connections,
         processes=args.processes, connect_rate=args.connect_rate, timeout=args.timeout, source_ips=tuple(sources),
-        barrier=args.barrier is not False, rate=args.rate, duration=args.duration, tune=bool(args.tune),
-        unix=target.path,
+        barrier=args.barrier is not False, rate=rate or args.rate, duration=args.duration, tune=bool(args.tune),
+        unix=target.path, exchange=exchange,
         **({} if args.sample_budget is None else {"sample_budget": args.sample_budget}))
 
 
@@ -240,9 +248,11 @@ def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int |
         print(f"wrote {summary_path}, {csv_path} and timeseries.csv")
     elif not quiet:
         lat = s["latency_us"]
-        print(f"{s['messages']['echoed']:,} echoed on {s['connections']['completed']:,}/"
+        done = "correct replies" if "exchange" in s else "echoed"  # a server other than echo
+        reconnects = f", {s['reconnects']:,} reconnects" if s.get("reconnects") else ""
+        print(f"{s['messages']['echoed']:,} {done} on {s['connections']['completed']:,}/"
               f"{plural(s['connections']['requested'], 'connection')} in {s['elapsed_s']:.3f} s "
-              f"({s['messages_per_s']:,.0f} msg/s, {_bandwidth(s)}, connect {s['connect_s']:.3f} s); latency "
+              f"({s['messages_per_s']:,.0f} msg/s, {_bandwidth(s)}, connect {s['connect_s']:.3f} s{reconnects}); latency "
               f"p50 {latency_words(lat['p50'])} p99 {latency_words(lat['p99'])} max {latency_words(lat['max'])}; "
               f"wrote {summary_path}, {csv_path} and timeseries.csv")
     if s.get("interrupted") or signum is not None:
@@ -253,6 +263,11 @@ def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int |
         why = f"; {s['timeouts']['reason']}" if s["timeouts"]["verdict"] else ""  # why they timed out
         print(f"c10k load: {s['connections']['failed']:,} of {plural(s['connections']['requested'], 'connection')} "
               f"failed, {s['messages']['mismatched']:,} mismatched: {errors}{why}", file=sys.stderr)
+        for reason, ex in s.get("error_examples", {}).items():  # what came back, for the reasons that kept it
+            where = "" if ex["offset"] is None else f" (differs at byte {ex['offset']})"
+            wanted = "" if ex["expected"] is None else f", expected '{ex['expected']}'"
+            print(f"c10k load: {reason} on connection {ex['connection']}: got '{ex['got']}'{where}{wanted}",
+                  file=sys.stderr)
         return 1
     failed = broken(s, thresholds) if thresholds else []
     if failed:

@@ -29,6 +29,7 @@ from c10k.errors import C10kError
 from c10k.limits import nofile_limits
 from c10k.load.diagnosis import ListenWatch
 from c10k.load.engine import EngineSpec
+from c10k.load.exchange import Exchange
 from c10k.load.plan import LoadPlan, plan_load
 from c10k.load.results import LoadResult, ProcessResult, merge_results, write_results
 from c10k.load.settings import DEFAULT_MESSAGE, LoadSettings, make_message
@@ -37,6 +38,7 @@ from c10k.load.timeseries import TimeSeries
 
 __all__ = [
     "DEFAULT_MESSAGE",
+    "Exchange",
     "LoadPlan",
     "LoadResult",
     "LoadSettings",
@@ -107,7 +109,7 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         connect_rate=s.connect_rate * share.connections / s.connections,
         max_connecting=max(16, 1024 // plan.processes), timeout=s.timeout, barrier=s.barrier,
         rate=s.rate * share.connections / s.connections, duration=s.duration, index=share.index,
-        sample_budget=s.sample_budget, origin_ns=origin)
+        sample_budget=s.sample_budget, origin_ns=origin, exchange=s.exchange)
         for share in plan.shares]
     series = TimeSeries(len(specs))
     watch = ListenWatch(plan.family, plan.address)  # the host's accept-queue counters, for diagnosis.py
@@ -136,8 +138,10 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "plan": plan.as_dict(),
     }
-    if s.open_loop:
+    if s.open_loop or s.duration:
         extra.update({"rate": s.rate, "duration_s": s.duration})
+    if s.exchange is not None:
+        extra["exchange"] = s.exchange.describe()
     if stop.signum is not None:
         extra["stop_signal"] = signal.Signals(stop.signum).name
     result = merge_results(parts, host=plan.target if s.unix else s.host, port=0 if s.unix else s.port,

@@ -188,8 +188,8 @@ class ClosedLoop(Phase):
         ml = t.ml
         got = t.partial.get(fd)
         if got is None:
-            if n == ml:  # whole but different
-                t.mismatch(fd)
+            if n == ml or data != t.msg[:n]:  # whole but different, or already different: no need to wait
+                t.mismatch(fd, data)
                 return
             buf = t.pbuf[fd] = bytearray(ml)
             buf[:n] = data
@@ -197,6 +197,9 @@ class ClosedLoop(Phase):
             t.want[fd] = ml - n
             return
         t.pbuf[fd][got:got + n] = data
+        if data != t.msg[got:got + n]:
+            t.mismatch(fd, bytes(t.pbuf[fd][:got + n]))
+            return
         got += n
         if got < ml:
             t.partial[fd] = got
@@ -206,7 +209,7 @@ class ClosedLoop(Phase):
         buf = t.pbuf.pop(fd)
         t.want[fd] = ml
         if buf != t.msg:
-            t.mismatch(fd)
+            t.mismatch(fd, bytes(buf))
             return
         now = time.monotonic_ns()
         if now - self.t0[fd] > t.timeout_ns:

@@ -9,10 +9,12 @@ The phases share one ``ConnectionTable`` (flat per-descriptor lists, see
 * without it the ``ClosedLoop`` (``closed_loop.py``) starts each connection's
   messages as soon as it connects, while the ramp goes on.
 
-The open loop is ``open_loop.py``. Both keep raw samples up to the sample
-budget and fold the rest into a histogram (``latency.py``); every phase bins
-the run into seconds (``timeseries.py``). Ctrl-C (KeyboardInterrupt) in any phase ends
-the run and keeps what was measured.
+The open loop is ``open_loop.py``. A run with an ``Exchange`` (expected
+replies other than the echo, pipelining, churn...) uses the general
+``RequestLoop`` (``request_loop.py``) instead of either. They all keep raw
+samples up to the sample budget and fold the rest into a histogram
+(``latency.py``); every phase bins the run into seconds (``timeseries.py``).
+Ctrl-C (KeyboardInterrupt) in any phase ends the run and keeps what was measured.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from c10k.load.closed_loop import ClosedLoop
+from c10k.load.exchange import Exchange
 from c10k.load.open_loop import OpenLoop
 from c10k.load.phase import ConnectPhase, ProgressCallback
 from c10k.load.ramp import IP_BIND_ADDRESS_NO_PORT, ConnectRamp
+from c10k.load.request_loop import RequestLoop
 from c10k.load.results import ProcessResult
 from c10k.load.settings import DEFAULT_SAMPLE_BUDGET
 from c10k.load.table import ConnectionTable
@@ -61,6 +65,9 @@ class EngineSpec:
     index: int = 0
     sample_budget: int = DEFAULT_SAMPLE_BUDGET  # bytes of raw samples before folding into a histogram
     origin_ns: int = 0  # monotonic ns of the run's second 0, shared by every process (0: this engine's start)
+    #: a general request/response run (expected replies, pipelining, churn...): the request loop
+    #: instead of the echo fast paths; ``rate`` and ``duration`` then pace and bound it
+    exchange: Exchange | None = None
 
 
 class _Engine:
@@ -76,8 +83,12 @@ class _Engine:
                                 sources=spec.sources, connect_rate=spec.connect_rate,
                                 max_connecting=spec.max_connecting)
         self.connect_phase = ConnectPhase(t, self.ramp, on_progress)
-        self.messages: ClosedLoop | OpenLoop
-        if spec.rate > 0:
+        self.messages: ClosedLoop | OpenLoop | RequestLoop
+        if spec.exchange is not None:
+            self.messages = RequestLoop(t, self.ramp, on_progress, exchange=spec.exchange, message=spec.message,
+                                        first=spec.first, rate=spec.rate, duration=spec.duration,
+                                        sample_budget=spec.sample_budget)
+        elif spec.rate > 0:
             self.messages = OpenLoop(t, self.ramp, on_progress, spec.rate, spec.duration, spec.sample_budget)
         else:
             self.messages = ClosedLoop(t, self.ramp, on_progress, spec.count, spec.sample_budget)
@@ -111,7 +122,7 @@ class _Engine:
             if self.on_connected is not None:
                 self.on_connected(self.table.established, self.table.failed)
             self.cpu_start = time.process_time()  # CPU of the message phase only
-            if isinstance(messages, ClosedLoop):
+            if not isinstance(messages, OpenLoop):
                 messages.begin_all()
             messages.run()
         else:
@@ -131,11 +142,12 @@ class _Engine:
             latency, conn = np.zeros(0, np.int64), np.zeros(0, np.int32)
         echoed = int(t.echoed.sum())
         sent = int(t.sent.sum())
+        bytes_sent, bytes_echoed, bytes_received = self.messages.byte_counts()
         counters = {
             "established": t.established, "completed": t.completed,
             "failed": t.failed, "peak_open": t.peak_open,
             "sent": sent, "echoed": echoed, "mismatched": t.mismatched,
-            "bytes_sent": sent * t.ml - t.unsent_bytes, "bytes_echoed": echoed * t.ml + t.extra_rx,
+            "bytes_sent": bytes_sent, "bytes_echoed": bytes_echoed, "bytes_received": bytes_received,
             "connect_start_ns": t.connect_start_ns, "connect_end_ns": t.connect_end_ns,
             "message_start_ns": t.message_start_ns if t.established else 0,
             "message_end_ns": t.message_end_ns if t.established else 0,
@@ -147,10 +159,12 @@ class _Engine:
             # this process's peak resident memory so far (Linux: KiB), samples folded included
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
+        counters.update(self.messages.counters())
         return ProcessResult(
             index=spec.index, first=spec.first, latency_ns=latency, sample_conn=conn,
             connect_us=t.connect_us, echoed=t.echoed, sent=t.sent, errors=t.errors,
             sources=t.sources, counters=counters, histogram=histogram,
+            reply_bytes=getattr(self.messages, "reply_bytes", None), got=t.got,
         )
 
 

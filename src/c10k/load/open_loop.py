@@ -6,72 +6,38 @@ are pipelined on each connection; echoes come back in order, so the m-th echo
 belongs to the m-th scheduled send. It starts after the barrier: every
 connection is open before the first send.
 
-Round trips are appended with their connection (12 bytes each) until the
-sample budget is full; then they are folded into the process's
-``LatencyHistogram`` and the buffers start over (see ``latency.py``).
+Round trips are appended with their connection until the sample budget is
+full, then folded (``sampled.py``).
 """
 
 from __future__ import annotations
 
 import time
-from array import array
 
-import numpy as np
-
-from c10k.load.latency import LatencyHistogram
-from c10k.load.phase import Phase, ProgressCallback
+from c10k.load.phase import ProgressCallback
 from c10k.load.ramp import ConnectRamp
+from c10k.load.sampled import SampledPhase
 from c10k.load.table import CONNECTED, RUNNING, ConnectionTable, reason
 
 __all__ = ["OpenLoop"]
 
 
-class OpenLoop(Phase):
+class OpenLoop(SampledPhase):
     """``rate`` messages per second for ``duration`` seconds, round-robin over the connections."""
 
     def __init__(self, table: ConnectionTable, ramp: ConnectRamp, on_progress: ProgressCallback | None,
                  rate: float, duration: float, sample_budget: int) -> None:
-        super().__init__(table, ramp, on_progress)
+        super().__init__(table, ramp, on_progress, sample_budget)
         self.rate = rate
         self.duration = duration
         self.progress_ns = [0] * table.size  # last echo, or the first outstanding send
         self.bigbuf = bytearray(1 << 16)
         self.bigview = memoryview(self.bigbuf)
-        self.sample_conn = array("i")
-        self.cap = max(1, sample_budget // 12)  # samples kept raw before folding
-        self.seen = 0  # samples the time series has had
-        self.folded = 0  # samples folded into the histogram
-        self.histogram: LatencyHistogram | None = None
         self.slot: dict[int, int] = {}  # fd -> its place in the round-robin
         self.ne = 0  # connections in the round-robin
         self.period_ns = 1e9 / rate
         self.start_ns = 0
         self.sends_done = False
-
-    def echoed_total(self) -> int:
-        return self.folded + len(self.t.lat)
-
-    def drain(self) -> None:
-        n = len(self.t.lat)
-        if n > self.seen:
-            self.t.seconds.add(np.frombuffer(self.t.lat[self.seen:n], dtype=np.int64))
-            self.seen = n
-
-    def fold(self) -> None:
-        """The buffers are full (or the run is over): fold them into the histogram and start over."""
-        self.drain()
-        if self.histogram is None:
-            self.histogram = LatencyHistogram(self.t.connections)
-        self.histogram.add(np.frombuffer(self.t.lat, dtype=np.int64), np.frombuffer(self.sample_conn, dtype=np.int32))
-        self.folded += len(self.t.lat)
-        self.t.lat, self.sample_conn, self.seen = array("q"), array("i"), 0
-
-    fold_rest = fold
-
-    def samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ns, local connection) of the samples still in the buffers."""
-        return (np.frombuffer(self.t.lat, dtype=np.int64).copy(),
-                np.frombuffer(self.sample_conn, dtype=np.int32).copy())
 
     def scan_timeouts(self, now: int) -> None:
         self.ramp.scan_timeouts(now)
@@ -119,7 +85,7 @@ class OpenLoop(Phase):
                 return
             if data[off:off + ml] != msg:
                 t.echoed[j] = m
-                t.mismatch(fd)
+                t.mismatch(fd, data[off:off + ml])
                 return
             t.lat.append(now - (t0 + int((m * ne + slot) * period)))
             self.sample_conn.append(j)
@@ -133,6 +99,9 @@ class OpenLoop(Phase):
             t.finish(fd)
             return
         rest = len(data) - off
+        if rest and data[off:] != msg[:rest]:  # already different: no need to wait for the rest
+            t.mismatch(fd, data[off:])
+            return
         if rest:
             buf = t.pbuf.get(fd)
             if buf is None:

@@ -39,6 +39,16 @@ class Phase:
     def echoed_total(self) -> int:
         return 0
 
+    def byte_counts(self) -> tuple[int, int, int]:
+        """(sent, in correct replies, received) bytes of the message phase."""
+        t = self.t
+        ok = int(t.echoed.sum()) * t.ml
+        return int(t.sent.sum()) * t.ml - t.unsent_bytes, ok, ok + t.extra_rx
+
+    def counters(self) -> dict[str, int]:
+        """The phase's own counters for the process's results."""
+        return {}
+
     def drain(self) -> None:
         """Hand the round trips recorded since the last drain to the time series."""
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from c10k.load.latency import CONN_HDR, HDR, LatencyHistogram, percentiles, precision_words
+from c10k.load.request import shown
 from c10k.load.timeseries import write_timeseries
 
 __all__ = [
@@ -41,11 +42,13 @@ _PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 CSV_COLUMNS = (
     "connection", "source", "messages", "bytes", "connect_us",
     "min_us", "mean_us", "p50_us", "p99_us", "max_us", "error", "sent", "process",
+    "mismatch_offset", "got",
 )
 
 _COUNTERS = (
     "established", "completed", "failed", "peak_open", "sent", "echoed", "mismatched",
-    "bytes_sent", "bytes_echoed", "connect_start_ns", "connect_end_ns",
+    "bytes_sent", "bytes_echoed", "bytes_received", "reconnects", "warmup_replies",
+    "connect_start_ns", "connect_end_ns",
     "message_start_ns", "message_end_ns",
 )
 
@@ -67,6 +70,11 @@ class ProcessResult:
     pid: int = 0
     #: past the sample budget: every sample, folded (``latency_ns`` is then empty)
     histogram: LatencyHistogram | None = None
+    #: bytes of each connection's correct replies (None: ``echoed`` x the message's length)
+    reply_bytes: np.ndarray | None = None
+    #: local connection -> (first differing offset or -1, what came back, what was expected),
+    #: for the reply that ended it (see ``ConnectionTable.got``)
+    got: dict[int, tuple[int, bytes, bytes]] = field(default_factory=dict)
 
     @property
     def connections(self) -> int:
@@ -79,13 +87,16 @@ class ProcessResult:
             stats = h.connection_stats()
             folded = {"h_counts": h.counts, "h_totals": np.array([h.n, h.sum, h.min, h.max], dtype=np.int64),
                       **{f"h_conn_{k}": v for k, v in stats.items()}}
+        if self.reply_bytes is not None:
+            folded["reply_bytes"] = self.reply_bytes
         np.savez(
             path,
             latency_ns=self.latency_ns, sample_conn=self.sample_conn, connect_us=self.connect_us,
             echoed=self.echoed, sent=self.sent,
             errors=np.array(self.errors, dtype=str), sources=np.array(self.sources, dtype=str),
             meta=np.array(json.dumps({"index": self.index, "first": self.first, "pid": self.pid,
-                                      "counters": self.counters})),
+                                      "counters": self.counters,
+                                      "got": {j: [o, g.hex(), e.hex()] for j, (o, g, e) in self.got.items()}})),
             **folded,
         )
 
@@ -99,7 +110,8 @@ class ProcessResult:
                 histogram.counts = z["h_counts"]
                 histogram.n, histogram.sum, histogram.min, histogram.max = (int(v) for v in z["h_totals"])
                 histogram.stats = {k: z[f"h_conn_{k}"] for k in ("min", "mean", "p50", "p99", "max")}
-            return cls(histogram=histogram,
+            got = {int(j): (o, bytes.fromhex(g), bytes.fromhex(e)) for j, (o, g, e) in meta.get("got", {}).items()}
+            return cls(histogram=histogram, got=got, reply_bytes=z.get("reply_bytes", None),
                 index=meta["index"], first=meta["first"], pid=meta["pid"], counters=meta["counters"],
                 latency_ns=z["latency_ns"], sample_conn=z["sample_conn"], connect_us=z["connect_us"],
                 echoed=z["echoed"], sent=z["sent"],
@@ -213,7 +225,7 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
     total = Counter({k: 0 for k in _COUNTERS})
     for p in parts:
         for k in ("established", "completed", "failed", "peak_open", "sent", "echoed", "mismatched",
-                  "bytes_sent", "bytes_echoed"):
+                  "bytes_sent", "bytes_echoed", "bytes_received", "reconnects", "warmup_replies"):
             total[k] += int(p.counters.get(k, 0))
 
     def span(start: str, end: str) -> float:
@@ -243,14 +255,18 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
             "peak_open": total["peak_open"],
         },
         "messages": {"sent": total["sent"], "echoed": total["echoed"], "mismatched": total["mismatched"]},
-        "bytes": {"sent": total["bytes_sent"], "echoed": total["bytes_echoed"]},
+        "bytes": {"sent": total["bytes_sent"], "echoed": total["bytes_echoed"]},  # echoed: of correct replies only
+        "bytes_received": total["bytes_received"],  # every byte that came back, right or wrong
+        "reconnects": total["reconnects"],  # new sockets after --lifetime (the same connections)
+        "warmup_messages": total["warmup_replies"],  # correct replies in the warm-up, not counted above
         "errors": dict(sorted(errors.items())),
+        "error_examples": _error_examples(parts),
         "connect_s": round(connect_s, 6),
         "elapsed_s": round(elapsed_s, 6),
         "messages_per_s": round(total["echoed"] / elapsed_s, 3) if elapsed_s > 0 else 0.0,
-        # bytes over the message phase, as messages_per_s: computed here, never per message
+        # bytes written and read (right or wrong) over the message phase, as messages_per_s: never per message
         "bandwidth_mib_s": {k: round(total[f"bytes_{b}"] / elapsed_s / 2**20, 3) if elapsed_s > 0 else 0.0
-                            for k, b in (("up", "sent"), ("down", "echoed"))},
+                            for k, b in (("up", "sent"), ("down", "received"))},
     }
     if merged is None:
         summary["latency_us"] = latency_summary_us(lat)
@@ -293,10 +309,25 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
         connect = p.connect_us.round(3).tolist()
         ml = int(p.counters.get("message_bytes", 0))
         echoed, sent = p.echoed.tolist(), p.sent.tolist()
+        nbytes = (p.echoed * ml if p.reply_bytes is None else p.reply_bytes).tolist()
         for j in range(p.connections):
-            rows.append([p.first + j, p.sources[j], echoed[j], echoed[j] * ml, _blank(connect[j]),
-                         *(_blank(c[j]) for c in cols), p.errors[j], sent[j], p.index])
+            offset, got, _ = p.got.get(j, (-1, b"", b""))
+            rows.append([p.first + j, p.sources[j], echoed[j], nbytes[j], _blank(connect[j]),
+                         *(_blank(c[j]) for c in cols), p.errors[j], sent[j], p.index,
+                         "" if offset < 0 else offset, shown(got) if j in p.got else ""])
     return LoadResult(summary=summary, rows=rows, latency_ns=lat, timeseries=list(timeseries or []))
+
+
+def _error_examples(parts: list[ProcessResult]) -> dict[str, dict[str, Any]]:
+    """One connection per error reason that kept the reply it ended on: what came back, and where it differs."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in parts:
+        for j, (offset, got, expected) in sorted(p.got.items()):
+            why = p.errors[j]
+            if why and why not in out:
+                out[why] = {"connection": p.first + j, "offset": None if offset < 0 else offset,
+                            "got": shown(got), "expected": shown(expected) if expected else None}
+    return dict(sorted(out.items()))
 
 
 def _blank(x: float) -> float | str:

@@ -9,9 +9,10 @@ whichever door it came in by.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from c10k.errors import UsageError
+from c10k.load.exchange import Exchange
 
 __all__ = ["DEFAULT_MESSAGE", "DEFAULT_SAMPLE_BUDGET", "MIN_SAMPLE_BUDGET", "LoadSettings", "make_message"]
 
@@ -55,6 +56,10 @@ class LoadSettings:
         tune: raise kernel limits that would stop the run, before it starts (root).
         sample_budget: bytes of raw samples each load process keeps (percentiles
             exact); past it they are folded into an HDR histogram (``latency.py``).
+        exchange: a general request/response run (``exchange.py``): expected replies,
+            templates, pipelining, churn, warm-up; None keeps the echo fast paths. A
+            ``duration`` without a ``rate`` (a closed loop bounded by time) needs one and
+            gets the plain echo one when none is given.
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +77,7 @@ class LoadSettings:
     tune: bool = False
     sample_budget: int = DEFAULT_SAMPLE_BUDGET
     unix: str = ""
+    exchange: Exchange | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source_ips", tuple(self.source_ips))
@@ -101,8 +107,13 @@ class LoadSettings:
             raise UsageError("--rate and --duration must not be negative")
         if self.sample_budget < MIN_SAMPLE_BUDGET:
             raise UsageError(f"--sample-budget must be at least {MIN_SAMPLE_BUDGET} bytes, not {self.sample_budget}")
-        if (self.rate > 0) != (self.duration > 0):
+        if self.rate > 0 and not self.duration > 0:
             raise UsageError("open loop needs both --rate and --duration")
+        if self.duration > 0 and not self.open_loop and self.exchange is None:
+            object.__setattr__(self, "exchange", Exchange())  # a closed loop bounded by time
+        x = self.exchange
+        if x is not None and x.requests is None and not self.duration > 0:
+            object.__setattr__(self, "exchange", replace(x, requests=self.count))
 
     @property
     def open_loop(self) -> bool:
@@ -111,4 +122,7 @@ class LoadSettings:
     @property
     def samples(self) -> int:
         """Round trips the run will make (each process keeps them raw up to ``sample_budget``)."""
-        return int(self.rate * self.duration) if self.open_loop else self.connections * self.count
+        if self.open_loop:
+            return int(self.rate * self.duration)
+        requests = self.exchange.requests if self.exchange is not None else None
+        return self.connections * (self.count if requests is None else requests)

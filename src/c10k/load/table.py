@@ -20,12 +20,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from c10k.load.reply import first_difference
 from c10k.load.timeseries import SecondBins
 
-__all__ = ["ConnectionTable", "FREE", "CONNECTING", "CONNECTED", "RUNNING", "reason"]
+__all__ = ["ConnectionTable", "SHOWN", "FREE", "CONNECTING", "CONNECTED", "RUNNING", "reason"]
 
 FREE, CONNECTING, CONNECTED, RUNNING = 0, 1, 2, 3
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+SHOWN = 64  # bytes of a wrong reply kept for connections.csv and the summary
 
 
 def reason(exc: BaseException | int) -> str:
@@ -66,6 +68,9 @@ class ConnectionTable:
         self.echoed = np.zeros(connections, np.int64)
         self.sent = np.zeros(connections, np.int64)
         self.errors = [""] * connections
+        #: connection -> (first differing offset or -1, what came back, what was expected): the
+        #: reply that ended it (a mismatch, or the part of a reply that timed out), cut to SHOWN + 1 bytes
+        self.got: dict[int, tuple[int, bytes, bytes]] = {}
         self.sources = [""] * connections
         self.lat = array("q")  # round trips in ns; the message phase sizes it (up to its sample budget)
         self.seconds = SecondBins(time.monotonic_ns())  # the engine gives it the run's origin
@@ -122,6 +127,8 @@ class ConnectionTable:
         got = self.partial.get(fd, 0)
         if first and why == "timeout" and not got and not self.echoed[j]:
             self.silent_timeouts += 1
+        if got:  # the part of an echo that came (e.g. before a timeout)
+            self.note_reply(j, -1, self.pbuf[fd][:got], self.msg)
         self.extra_rx += got
         self.close(fd)
 
@@ -143,9 +150,16 @@ class ConnectionTable:
         self.partial[fd] = self.partial.get(fd, 0) + received  # fail() counts them received
         self.fail(fd, "timeout")
 
-    def mismatch(self, fd: int) -> None:
+    def note_reply(self, j: int, offset: int, got: bytes | bytearray, expected: bytes | None) -> None:
+        """Keep the start of the reply that ended connection ``j`` (its first one only)."""
+        if j not in self.got:
+            self.got[j] = (offset, bytes(got[:SHOWN + 1]), (expected or b"")[:SHOWN + 1])
+
+    def mismatch(self, fd: int, got: bytes = b"") -> None:
+        """The echo came back different (``got``: the whole echo, or as much as came)."""
+        self.note_reply(self.conn[fd], first_difference(got, self.msg), got, self.msg)
         self.mismatched += 1
-        self.extra_rx += self.ml
+        self.extra_rx += len(got) if got else self.ml
         self.partial.pop(fd, None)
         self.fail(fd, "mismatch", outstanding=True)
 
