@@ -252,7 +252,8 @@ def _report(result: LoadResult, out: str, quiet: bool, live: bool, signum: int |
         reconnects = f", {s['reconnects']:,} reconnects" if s.get("reconnects") else ""
         print(f"{s['messages']['echoed']:,} {done} on {s['connections']['completed']:,}/"
               f"{plural(s['connections']['requested'], 'connection')} in {s['elapsed_s']:.3f} s "
-              f"({s['messages_per_s']:,.0f} msg/s, {_bandwidth(s)}, connect {s['connect_s']:.3f} s{reconnects}); latency "
+              f"({s['messages_per_s']:,.0f} msg/s, {_bandwidth(s)}, connect {s['connect_s']:.3f} s{reconnects}); "
+              f"latency "
               f"p50 {latency_words(lat['p50'])} p99 {latency_words(lat['p99'])} max {latency_words(lat['max'])}; "
               f"wrote {summary_path}, {csv_path} and timeseries.csv")
     if s.get("interrupted") or signum is not None:
