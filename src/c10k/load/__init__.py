@@ -27,7 +27,7 @@ from typing import Any
 
 from c10k.errors import C10kError
 from c10k.limits import nofile_limits
-from c10k.load.engine import EngineSpec
+from c10k.load.engine import EngineSpec, peak_rss_bytes
 from c10k.load.plan import LoadPlan, plan_load
 from c10k.load.results import LoadResult, ProcessResult, merge_results, write_results
 from c10k.load.settings import DEFAULT_MESSAGE, LoadSettings, make_message
@@ -137,5 +137,9 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         extra.update({"rate": s.rate, "duration_s": s.duration})
     if stop.signum is not None:
         extra["stop_signal"] = signal.Signals(stop.signum).name
-    return merge_results(parts, host=s.host, port=s.port, requested=s.connections, extra=extra,
-                         timeseries=series.finish())
+    result = merge_results(parts, host=s.host, port=s.port, requested=s.connections, extra=extra,
+                           timeseries=series.finish())
+    # this process's peak: the parent that merged the load processes' results, or in a
+    # one-process run the load process itself
+    result.summary["peak_rss_bytes"] = peak_rss_bytes()
+    return result

@@ -21,6 +21,7 @@ import numpy as np
 from c10k.load.latency import LatencyHistogram
 from c10k.load.phase import Phase, ProgressCallback
 from c10k.load.ramp import ConnectRamp
+from c10k.load.samples import connection_stats, group_by_connection
 from c10k.load.table import CONNECTED, RUNNING, ConnectionTable, reason
 
 __all__ = ["OpenLoop"]
@@ -68,10 +69,16 @@ class OpenLoop(Phase):
 
     fold_rest = fold
 
-    def samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ns, local connection) of the samples still in the buffers."""
-        return (np.frombuffer(self.t.lat, dtype=np.int64).copy(),
-                np.frombuffer(self.sample_conn, dtype=np.int32).copy())
+    def exact_samples(self) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+        """After the run, within the budget: (every sample ascending, per-connection statistics),
+        made in the buffers' place; None (then fold them) in the rare case ``group_by_connection`` cannot."""
+        lat = np.frombuffer(self.t.lat, dtype=np.int64)
+        counts = group_by_connection(lat, np.frombuffer(self.sample_conn, dtype=np.int32), self.t.connections)
+        if counts is None:
+            return None
+        stats = connection_stats(lat, counts)
+        lat.sort()
+        return lat, stats
 
     def scan_timeouts(self, now: int) -> None:
         self.ramp.scan_timeouts(now)
