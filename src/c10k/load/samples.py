@@ -195,5 +195,5 @@ def exact_summary_ns(parts: list[SortedSamples], qs: tuple[float, ...]) -> dict[
         rank = q / 100 * (n - 1)
         below = _order_statistic(parts, int(np.floor(rank)), lo, hi)
         above = below if rank == np.floor(rank) else _order_statistic(parts, int(np.ceil(rank)), lo, hi)
-        out[str(q)] = below + (above - below) * (rank - np.floor(rank))
+        out[str(q)] = float(below + (above - below) * (rank - np.floor(rank)))
     return out
