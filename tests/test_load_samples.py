@@ -83,3 +83,27 @@ def test_a_file_stays_readable_after_it_is_removed(tmp_path: Path) -> None:
     assert s.count_le(299_999) == 100_000 and s[199_999] == 599_997
     assert s.array().tolist() == values.tolist()
     assert sum(c.size for c in s.chunks()) == values.size
+
+
+@pytest.mark.timeout(120)
+def test_open_loop_processes_merge_exactly() -> None:
+    """The open loop's samples, grouped in place in each load process, merge to numpy's percentiles."""
+    from c10k.load import run_load
+    from test_load_faults import ThreadServer, echo
+
+    srv = ThreadServer(echo)
+    try:
+        r = run_load("127.0.0.1", srv.port, connections=6, rate=600, duration=1.0, processes=2, timeout=30)
+    finally:
+        srv.close()
+    s = r.summary
+    assert r.ok, s["errors"]
+    assert s["latency_precision"] == "exact" and [p["latency_precision"] for p in s["processes"]] == ["exact"] * 2
+    lat = r.latency_ns
+    assert lat.size == s["messages"]["echoed"] == 600
+    for key, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9)):
+        assert s["latency_us"][key] == pytest.approx(np.percentile(lat, q) / 1000, abs=1e-3), key
+    assert min(row[5] for row in r.rows) == pytest.approx(lat.min() / 1000, abs=1e-3)
+    assert max(row[9] for row in r.rows) == pytest.approx(lat.max() / 1000, abs=1e-3)
+    assert sum(row[2] for row in r.rows) == 600
+    assert sum(row[6] * row[2] for row in r.rows) / 600 == pytest.approx(lat.mean() / 1000, rel=1e-6)
