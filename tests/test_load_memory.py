@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 import textwrap
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from c10k.errors import UsageError
 from c10k.load import LoadSettings
 from c10k.load.latency import CONN_HDR, HDR, HIGHEST_NS, LatencyHistogram, percentiles, sparse
 from c10k.load.results import ProcessResult, merge_results
+from c10k.load.samples import SortedSamples
 
 QS = (0.0, 1.0, 50.0, 90.0, 99.0, 99.9, 100.0)
 values = st.lists(st.integers(0, HIGHEST_NS), min_size=1, max_size=300)
@@ -51,13 +54,13 @@ def test_folded_processes_merge_within_the_stated_bounds() -> None:
     h = LatencyHistogram(3)
     h.add(lat[:20_000], conn[:20_000])
     counts = np.bincount(conn, minlength=3)
-    folded = ProcessResult(index=0, first=0, latency_ns=np.zeros(0, np.int64), sample_conn=np.zeros(0, np.int32),
+    folded = ProcessResult(index=0, first=0, samples=SortedSamples.empty(), connection_latency=h.connection_stats(),
                            connect_us=np.full(3, 5.0), echoed=np.bincount(conn[:20_000], minlength=3),
                            sent=counts, errors=[""] * 3, sources=[""] * 3, histogram=h,
                            counters={"completed": 3, "echoed": 20_000})
-    raw = ProcessResult(index=1, first=3, latency_ns=lat[20_000:], sample_conn=np.zeros(10_000, np.int32),
-                        connect_us=np.full(1, 5.0), echoed=np.array([10_000]), sent=np.array([10_000]),
-                        errors=[""], sources=[""], counters={"completed": 1, "echoed": 10_000})
+    raw = ProcessResult.from_samples(lat[20_000:], np.zeros(10_000, np.int32), index=1, first=3,
+                                     connect_us=np.full(1, 5.0), echoed=np.array([10_000]), sent=np.array([10_000]),
+                                     errors=[""], sources=[""], counters={"completed": 1, "echoed": 10_000})
     r = merge_results([raw, folded], host="h", port=1, requested=4)
     s = r.summary
     assert s["latency_precision"] == "hdr 3 significant digits"
@@ -77,6 +80,113 @@ def test_folded_processes_merge_within_the_stated_bounds() -> None:
         assert row[7] == pytest.approx(np.percentile(mine, 50), rel=1 / 256)
         assert row[8] == pytest.approx(np.percentile(mine, 99), rel=1 / 256)
     assert [p["latency_precision"] for p in s["processes"]] == ["hdr 2 significant digits", "exact"]
+
+
+def _saved(tmp_path: Path, index: int, lat: np.ndarray, conns: int, folded: bool) -> ProcessResult:
+    """A load process's results as it saves them, read back as the parent reads them."""
+    conn = (np.arange(lat.size) % conns).astype(np.int32)
+    fields = dict(index=index, first=index * conns, connect_us=np.full(conns, 5.0),
+                  echoed=np.bincount(conn, minlength=conns), sent=np.bincount(conn, minlength=conns),
+                  errors=[""] * conns, sources=[""] * conns, counters={"completed": conns, "echoed": lat.size})
+    if folded:
+        h = LatencyHistogram(conns)
+        h.add(lat, conn)
+        p = ProcessResult(samples=SortedSamples.empty(), connection_latency=h.connection_stats(), histogram=h,
+                          **fields)  # type: ignore[arg-type]
+    else:
+        p = ProcessResult.from_samples(lat, conn, **fields)
+    p.save(tmp_path / f"process-{index}.npz")
+    return ProcessResult.load(tmp_path / f"process-{index}.npz")
+
+
+@pytest.mark.parametrize("first_folded", [False, True])
+def test_merging_saved_processes_holds_none_of_their_samples(tmp_path: Path, first_folded: bool) -> None:
+    """The parent's merge reads each process's samples in place: its memory does not grow with them."""
+    rng = np.random.default_rng(3)
+    lats = [rng.lognormal(11, 1.0, 2_000_000).astype(np.int64) for _ in range(2)]  # 16 MB each
+    union = np.concatenate(lats)
+    exact = {key: np.percentile(union, q) / 1000 for key, q in (("p50", 50), ("p90", 90), ("p99", 99),
+                                                                 ("p999", 99.9))}
+    parts = [_saved(tmp_path, k, lat, 8, folded=first_folded and k == 0) for k, lat in enumerate(lats)]
+    del lats
+    tracemalloc.start()
+    try:
+        r = merge_results(parts, host="h", port=1, requested=16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    s = r.summary
+    # raw, the samples alone are 32 MB; folding reads them a chunk at a time (its temporaries, ~4 MB)
+    assert peak < (6 if first_folded else 1) * 2**20, peak
+    assert s["latency_precision"] == ("hdr 3 significant digits" if first_folded else "exact")
+    for key, value in exact.items():
+        assert abs(s["latency_us"][key] - value) <= s["latency_error_us"][key] + 1e-3, key
+    assert s["latency_us"]["mean"] == pytest.approx(union.mean() / 1000, abs=1e-3)
+    assert [p["latency_precision"] for p in s["processes"]] == [
+        "hdr 2 significant digits" if first_folded else "exact", "exact"]
+
+
+# Two runs of ``--processes 2`` with 1 MiB sample budgets in a fresh interpreter: first a tiny
+# one, then one whose two load processes each end with (nearly) a full budget of raw samples,
+# or, with 3 connections, one folded and one not. What the second adds to the parent's peak
+# RSS (its own: VmHWM, see engine.peak_rss_bytes) is what the merge costs it.
+PARENT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from c10k.load import run_load
+    from c10k.load.engine import peak_rss_bytes as peak
+
+    port, conns, count = (int(a) for a in sys.argv[1:])
+    run_load("127.0.0.1", port, connections=conns, count=10, processes=2, sample_budget=2**20)
+    before = peak()
+    r = run_load("127.0.0.1", port, connections=conns, count=count, processes=2, sample_budget=2**20,
+                 timeout=120)
+    growth = peak() - before
+    s = r.summary
+    lat = r.latency_ns  # read from the load processes' files, after the peak was taken
+    exact = {key: np.percentile(lat, q) / 1000 for key, q in
+             (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9))} if lat.size else None
+    print(json.dumps({"growth": growth, "after": peak(), "summary": s, "exact": exact}))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("conns, count", [(4, 65_000), (3, 100_000)])
+def test_the_parent_holds_no_samples_of_its_load_processes(conns: int, count: int) -> None:
+    server = subprocess.Popen([sys.executable, "-m", "c10k", "serve", "epoll", "-p", "0"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("listening on "), line
+        out = subprocess.run([sys.executable, "-c", PARENT, line.rsplit(":", 1)[1].strip(), str(conns), str(count)],
+                             capture_output=True, text=True, timeout=280)
+    finally:
+        server.terminate()
+        server.wait(30)
+        assert server.stdout is not None
+        server.stdout.close()
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    s = got["summary"]
+    assert s["ok"] and s["messages"]["echoed"] == conns * count
+    precisions = [p["latency_precision"] for p in s["processes"]]
+    if conns == 4:  # 2 x 65,000 x 8 bytes: each load process ends exact, with 99 % of its budget
+        assert precisions == ["exact", "exact"] and s["latency_precision"] == "exact"
+        for key, value in got["exact"].items():
+            assert s["latency_us"][key] == pytest.approx(value, abs=1e-3), key
+        # before the merge read the samples in place, the parent held them, then copies: +10.7 MiB
+        assert got["growth"] < 2**20, got["growth"]
+    else:  # 2 connections x 100,000 fold, 1 x 100,000 fit: the exact one is folded in the parent
+        assert sorted(precisions) == ["exact", "hdr 2 significant digits"]
+        assert s["latency_precision"] == "hdr 3 significant digits"
+        assert all(s["latency_error_us"][k] > 0 for k in ("p50", "p90", "p99", "p999"))
+        from hdrh.histogram import HdrHistogram
+
+        assert HdrHistogram.decode(s["latency_hdr"]).get_total_count() == conns * count
+        assert got["growth"] < 6 * 2**20, got["growth"]  # a fold's temporaries, not the samples
+    assert 0 < s["peak_rss_bytes"] <= got["after"]  # the parent's own peak, in the summary too
 
 
 def test_sample_budget_is_checked_and_caps_the_plan() -> None:

@@ -42,8 +42,8 @@ def _part(index: int, first: int, lat_by_conn: list[list[int]]) -> ProcessResult
     conn = np.array([j for j, vs in enumerate(lat_by_conn) for _ in vs], dtype=np.int32)
     n = len(lat_by_conn)
     counts = np.array([len(vs) for vs in lat_by_conn], dtype=np.int64)
-    return ProcessResult(
-        index=index, first=first, latency_ns=lat, sample_conn=conn, connect_us=np.full(n, 10.0),
+    return ProcessResult.from_samples(
+        lat, conn, index=index, first=first, connect_us=np.full(n, 10.0),
         echoed=counts, sent=counts, errors=[""] * n, sources=["127.0.0.1:1"] * n,
         counters={"established": n, "completed": n, "echoed": int(counts.sum()), "sent": int(counts.sum()),
                   "connect_start_ns": 100, "connect_end_ns": 200 + index,

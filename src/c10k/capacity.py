@@ -84,9 +84,10 @@ LOAD_MESSAGE_COPIES_PER_PROCESS = 4
 LOAD_MESSAGE_COPIES_PER_CONNECTION = 0.5
 #: Per connection: socket object, per-connection arrays, the result row.
 LOAD_BYTES_PER_CONNECTION = 2 * 1024
-#: Per kept round-trip sample: 8 bytes in the engine, then connection index,
-#: sort and statistics copies while results are merged.
-LOAD_BYTES_PER_SAMPLE = 32
+#: Per kept round-trip sample: 8 bytes in the closed loop's slots, 12 in the open
+#: loop's buffers (with its connection); sorted and summarized in place, and the
+#: parent reads them from a file, a few at a time (load/samples.py).
+LOAD_BYTES_PER_SAMPLE = 12
 
 
 def connections_per_process(nofile: int) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 from c10k.errors import C10kError
 from c10k.limits import nofile_limits
 from c10k.load.diagnosis import ListenWatch
-from c10k.load.engine import EngineSpec
+from c10k.load.engine import EngineSpec, peak_rss_bytes
 from c10k.load.exchange import Exchange
 from c10k.load.plan import LoadPlan, plan_load
 from c10k.load.results import LoadResult, ProcessResult, merge_results, write_results
@@ -147,4 +147,7 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
     result = merge_results(parts, host=plan.target if s.unix else s.host, port=0 if s.unix else s.port,
                            requested=s.connections, extra=extra, timeseries=series.finish())
     result.summary["timeouts"] = watch.diagnose((p.counters for p in parts), result.summary["errors"])
+    # this process's peak: the parent that merged the load processes' results, or in a
+    # one-process run the load process itself
+    result.summary["peak_rss_bytes"] = peak_rss_bytes()
     return result

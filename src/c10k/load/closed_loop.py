@@ -38,6 +38,7 @@ import numpy as np
 from c10k.load.latency import LatencyHistogram
 from c10k.load.phase import Phase, ProgressCallback
 from c10k.load.ramp import ConnectRamp
+from c10k.load.samples import connection_stats, sort_groups
 from c10k.load.table import CONNECTED, RUNNING, ConnectionTable, reason
 
 __all__ = ["ClosedLoop"]
@@ -114,20 +115,24 @@ class ClosedLoop(Phase):
             if n:
                 self.histogram.add(self.view[j * self.cap:j * self.cap + n], j)
 
-    def samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ns, local connection) of the samples still in the slots, after the run.
+    def exact_samples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """After the run, within the budget: (every sample ascending, per-connection statistics).
 
-        Each connection's samples are moved down to follow the previous one's, in
-        place: the result is a view of the slots, so the end of a run near the
-        budget does not need the budget again for a copy.
+        Each connection's samples are sorted and moved down to follow the
+        previous one's, in place; then the whole is sorted in place: the result
+        is a view of the slots, so the end of a run near the budget does not
+        need the budget again for a copy.
         """
-        counts = np.asarray(self.t.echoed, dtype=np.int64) - np.asarray(self.folded, dtype=np.int64)
+        counts = np.asarray(self.t.echoed, dtype=np.int64)
         view, cap, total = self.view, self.cap, 0
         for j, n in enumerate(counts.tolist()):
             if n and total != j * cap:
                 view[total:total + n] = view[j * cap:j * cap + n]  # overlapping moves go left: safe
             total += n
-        return view[:total], np.repeat(np.arange(counts.size, dtype=np.int32), counts)
+        sort_groups(view[:total], counts)
+        stats = connection_stats(view[:total], counts)
+        view[:total].sort()
+        return view[:total], stats
 
     def scan_timeouts(self, now: int) -> None:
         self.ramp.scan_timeouts(now)

@@ -25,8 +25,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from c10k.load.closed_loop import ClosedLoop
 from c10k.load.exchange import Exchange
 from c10k.load.open_loop import OpenLoop
@@ -34,11 +32,12 @@ from c10k.load.phase import ConnectPhase, ProgressCallback
 from c10k.load.ramp import IP_BIND_ADDRESS_NO_PORT, ConnectRamp
 from c10k.load.request_loop import RequestLoop
 from c10k.load.results import ProcessResult
+from c10k.load.samples import SortedSamples
 from c10k.load.settings import DEFAULT_SAMPLE_BUDGET
 from c10k.load.table import ConnectionTable
 from c10k.load.timeseries import Second, SecondBins
 
-__all__ = ["EngineSpec", "run_engine", "IP_BIND_ADDRESS_NO_PORT"]
+__all__ = ["EngineSpec", "run_engine", "peak_rss_bytes", "IP_BIND_ADDRESS_NO_PORT"]
 
 
 @dataclass
@@ -134,12 +133,14 @@ class _Engine:
 
     def _result(self) -> ProcessResult:
         spec, t = self.spec, self.table
-        histogram = self.messages.histogram
-        if histogram is None:
-            latency, conn = self.messages.samples()
-        else:  # past the budget: the rest goes the same way
-            self.messages.fold_rest()
-            latency, conn = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        messages = self.messages
+        exact = messages.exact_samples() if messages.histogram is None else None
+        if exact is None:  # past the budget: the rest goes the same way
+            messages.fold_rest()
+            assert messages.histogram is not None
+            samples, stats = SortedSamples.empty(), messages.histogram.connection_stats()
+        else:
+            samples, stats = SortedSamples(exact[0]), exact[1]
         echoed = int(t.echoed.sum())
         sent = int(t.sent.sum())
         bytes_sent, bytes_echoed, bytes_received = self.messages.byte_counts()
@@ -156,16 +157,34 @@ class _Engine:
             # the evidence diagnosis.py reads: timeouts with no byte back, unix connects turned away
             "silent_timeouts": t.silent_timeouts, "queue_full": self.ramp.queue_full,
             "cpu_us": int((self.cpu_end - self.cpu_start) * 1e6),
-            # this process's peak resident memory so far (Linux: KiB), samples folded included
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": peak_rss_bytes(),  # so far, samples folded included
         }
         counters.update(self.messages.counters())
         return ProcessResult(
-            index=spec.index, first=spec.first, latency_ns=latency, sample_conn=conn,
+            index=spec.index, first=spec.first, samples=samples, connection_latency=stats,
             connect_us=t.connect_us, echoed=t.echoed, sent=t.sent, errors=t.errors,
-            sources=t.sources, counters=counters, histogram=histogram,
-            reply_bytes=getattr(self.messages, "reply_bytes", None), got=t.got,
+            sources=t.sources, counters=counters, histogram=messages.histogram,
+            reply_bytes=getattr(messages, "reply_bytes", None), got=t.got,
         )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far.
+
+    Why VmHWM and not getrusage's ru_maxrss: Linux keeps in ru_maxrss the peak of
+    the image a process replaced at exec, so a ``c10k load`` started by a large
+    process (the study, pytest) would report that process's size. VmHWM is the
+    peak of this process's own memory (pages shared with a parent at fork count,
+    as they do in RSS).
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def run_engine(spec: EngineSpec, *, on_connected: Callable[[int, int], None] | None = None,
@@ -182,8 +201,9 @@ def run_engine(spec: EngineSpec, *, on_connected: Callable[[int, int], None] | N
             (partial) one at the end.
 
     Returns:
-        A ProcessResult with every byte-exact round trip in nanoseconds, or, past the
-        sample budget, none and a LatencyHistogram of them all.
+        A ProcessResult with every byte-exact round trip in nanoseconds (ascending) and
+        each connection's statistics, or, past the sample budget, no round trip and a
+        LatencyHistogram of them all.
     """
     # The hot loop allocates a tuple per epoll event, which keeps triggering the cyclic
     # GC (measured: ~6% of the interpreter's time); it creates no cycles, so pause it.

@@ -1,12 +1,16 @@
 """Samples from every load process -> statistics, summary.json, connections.csv, timeseries.csv.
 
 While every process kept its samples raw (they fit its sample budget) the
-latencies stay raw (int64 nanoseconds) until the very end: percentiles come
-from ``numpy.percentile`` over the union of all processes' samples and the
-summary says ``"latency_precision": "exact"``. Once any process folded its
-samples into a histogram (``latency.py``), the others' raw samples are folded
-too, percentiles come from the merged histogram and ``latency_error_us`` gives
-each one's bound; min, mean and max stay exact either way.
+percentiles are exact over the union of every process's samples, with
+``numpy.percentile``'s definition, and the summary says ``"latency_precision":
+"exact"``. The union is never gathered: each process sorts its own samples in
+place and writes them to a file, and the parent finds each percentile by
+counting in every file (``samples.py``), so it holds no sample however many
+processes there are. Each process also sends its per-connection statistics,
+computed in its own buffer. Once any process folded its samples into a
+histogram (``latency.py``), the others' raw samples are folded too, a chunk at
+a time, percentiles come from the merged histogram and ``latency_error_us``
+gives each one's bound; min, mean and max stay exact either way.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from c10k.load.latency import CONN_HDR, HDR, LatencyHistogram, percentiles, precision_words
 from c10k.load.request import shown
+from c10k.load.samples import STAT_KEYS, SortedSamples, connection_stats, exact_summary_ns
 from c10k.load.timeseries import write_timeseries
 
 __all__ = [
@@ -59,8 +64,10 @@ class ProcessResult:
 
     index: int
     first: int  # global number of this process's first connection
-    latency_ns: np.ndarray  # int64, one per byte-exact echo
-    sample_conn: np.ndarray  # int32 local connection of each sample
+    #: every byte-exact echo's round trip, ascending, while within the sample budget (else none)
+    samples: SortedSamples
+    #: min/mean/p50/p99/max (us) per connection, NaN without a sample (from the histogram once folded)
+    connection_latency: dict[str, np.ndarray]
     connect_us: np.ndarray  # float64 per connection, NaN when never established
     echoed: np.ndarray  # int64 byte-exact echoes per connection
     sent: np.ndarray  # int64 messages sent per connection
@@ -68,7 +75,7 @@ class ProcessResult:
     sources: list[str]  # local ip:port of each connection ('' when it never got one)
     counters: dict[str, int] = field(default_factory=dict)
     pid: int = 0
-    #: past the sample budget: every sample, folded (``latency_ns`` is then empty)
+    #: past the sample budget: every sample, folded (``samples`` is then empty)
     histogram: LatencyHistogram | None = None
     #: bytes of each connection's correct replies (None: ``echoed`` x the message's length)
     reply_bytes: np.ndarray | None = None
@@ -76,28 +83,40 @@ class ProcessResult:
     #: for the reply that ended it (see ``ConnectionTable.got``)
     got: dict[int, tuple[int, bytes, bytes]] = field(default_factory=dict)
 
+    @classmethod
+    def from_samples(cls, latency_ns: np.ndarray, sample_conn: np.ndarray, **fields: Any) -> ProcessResult:
+        """From raw samples in any order and their local connections (the other fields as named)."""
+        stats = per_connection_stats(sample_conn, latency_ns, len(fields["errors"]))
+        return cls(samples=SortedSamples(np.sort(np.asarray(latency_ns, dtype=np.int64))),
+                   connection_latency=stats, **fields)
+
     @property
     def connections(self) -> int:
         return len(self.errors)
 
+    @property
+    def latency_ns(self) -> np.ndarray:
+        """Every sample, ascending, in memory (read from the process's file when it is there)."""
+        return self.samples.array()
+
     def save(self, path: Path) -> None:
-        folded: dict[str, Any] = {}
+        """PATH (.npz) and, with samples, PATH.samples: what ``load`` reads (the samples only as needed)."""
+        arrays: dict[str, Any] = {f"conn_{k}": v for k, v in self.connection_latency.items()}
         h = self.histogram
         if h is not None:
-            stats = h.connection_stats()
-            folded = {"h_counts": h.counts, "h_totals": np.array([h.n, h.sum, h.min, h.max], dtype=np.int64),
-                      **{f"h_conn_{k}": v for k, v in stats.items()}}
+            arrays.update(h_counts=h.counts, h_totals=np.array([h.n, h.sum, h.min, h.max], dtype=np.int64))
         if self.reply_bytes is not None:
-            folded["reply_bytes"] = self.reply_bytes
+            arrays["reply_bytes"] = self.reply_bytes
+        if self.samples.count:
+            self.samples.write(path.with_suffix(".samples"))
         np.savez(
-            path,
-            latency_ns=self.latency_ns, sample_conn=self.sample_conn, connect_us=self.connect_us,
-            echoed=self.echoed, sent=self.sent,
+            path, connect_us=self.connect_us, echoed=self.echoed, sent=self.sent,
             errors=np.array(self.errors, dtype=str), sources=np.array(self.sources, dtype=str),
             meta=np.array(json.dumps({"index": self.index, "first": self.first, "pid": self.pid,
-                                      "counters": self.counters,
+                                      "counters": self.counters, "samples": self.samples.count,
+                                      "samples_total": self.samples.total,
                                       "got": {j: [o, g.hex(), e.hex()] for j, (o, g, e) in self.got.items()}})),
-            **folded,
+            **arrays,
         )
 
     @classmethod
@@ -106,26 +125,18 @@ class ProcessResult:
             meta = json.loads(str(z["meta"]))
             histogram = None
             if "h_counts" in z:
-                histogram = _SavedHistogram(len(z["errors"]))
+                histogram = LatencyHistogram(0)
                 histogram.counts = z["h_counts"]
                 histogram.n, histogram.sum, histogram.min, histogram.max = (int(v) for v in z["h_totals"])
-                histogram.stats = {k: z[f"h_conn_{k}"] for k in ("min", "mean", "p50", "p99", "max")}
+            samples = (SortedSamples(path=path.with_suffix(".samples"), count=meta["samples"],
+                                     total=meta["samples_total"]) if meta["samples"] else SortedSamples.empty())
             got = {int(j): (o, bytes.fromhex(g), bytes.fromhex(e)) for j, (o, g, e) in meta.get("got", {}).items()}
-            return cls(histogram=histogram, got=got, reply_bytes=z.get("reply_bytes", None),
+            return cls(histogram=histogram, samples=samples, got=got, reply_bytes=z.get("reply_bytes", None),
                 index=meta["index"], first=meta["first"], pid=meta["pid"], counters=meta["counters"],
-                latency_ns=z["latency_ns"], sample_conn=z["sample_conn"], connect_us=z["connect_us"],
-                echoed=z["echoed"], sent=z["sent"],
+                connection_latency={k: z[f"conn_{k}"] for k in STAT_KEYS},
+                connect_us=z["connect_us"], echoed=z["echoed"], sent=z["sent"],
                 errors=[str(e) for e in z["errors"]], sources=[str(s) for s in z["sources"]],
             )
-
-
-class _SavedHistogram(LatencyHistogram):
-    """A histogram read back from a load process: its per-connection statistics come ready-made."""
-
-    stats: dict[str, np.ndarray]
-
-    def connection_stats(self) -> dict[str, np.ndarray]:
-        return self.stats
 
 
 def _num(x: float) -> float | None:
@@ -134,14 +145,17 @@ def _num(x: float) -> float | None:
 
 def latency_summary_us(latency_ns: np.ndarray) -> dict[str, float | None]:
     """min, mean, p50, p90, p99, p999, max in microseconds; None for every key when empty."""
-    if latency_ns.size == 0:
+    return exact_summary_us([SortedSamples(np.sort(np.asarray(latency_ns, dtype=np.int64)))])
+
+
+def exact_summary_us(parts: list[SortedSamples]) -> dict[str, float | None]:
+    """``latency_summary_us`` over every process's samples, without gathering them."""
+    found = exact_summary_ns(parts, tuple(_PERCENTILES.values()))
+    if found is None:
         return {k: None for k in LATENCY_KEYS}
-    lat = latency_ns.astype(np.float64) / 1000.0
-    pct = np.percentile(lat, list(_PERCENTILES.values()))
-    out: dict[str, float | None] = {"min": float(lat.min()), "mean": float(lat.mean())}
-    out.update({k: float(v) for k, v in zip(_PERCENTILES, pct)})
-    out["max"] = float(lat.max())
-    return {k: round(out[k], 3) for k in LATENCY_KEYS}  # type: ignore[arg-type]
+    value = {"min": found["min"], "mean": found["mean"], "max": found["max"],
+             **{k: found[str(q)] for k, q in _PERCENTILES.items()}}
+    return {k: round(value[k] / 1000, 3) for k in LATENCY_KEYS}
 
 
 def histogram_summary_us(h: LatencyHistogram) -> tuple[dict[str, float | None], dict[str, float | None]]:
@@ -163,33 +177,12 @@ def per_connection_stats(conn: np.ndarray, latency_ns: np.ndarray, connections: 
     """min/mean/p50/p99/max (us) per connection, NaN where a connection has no sample.
 
     Percentiles interpolate linearly inside each connection's sorted samples, the
-    same definition as numpy.percentile's default.
+    same definition as numpy.percentile's default. (A load process does this in
+    place on its own buffer: ``samples.py``.)
     """
-    nan = np.full(connections, np.nan)
-    if latency_ns.size == 0:
-        return {k: nan.copy() for k in ("min", "mean", "p50", "p99", "max")}
-    conn = conn.astype(np.int64)
-    lat = latency_ns.astype(np.int64)
-    shift = max(int(connections - 1).bit_length(), 1)
-    if int(lat.max()) < (1 << (62 - shift)) and int(lat.min()) >= 0:
-        order = np.argsort((conn << (62 - shift)) | lat, kind="stable")
-    else:
-        order = np.lexsort((lat, conn))
-    s = lat[order].astype(np.float64) / 1000.0
-    counts = np.bincount(conn, minlength=connections)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    has = counts > 0
-    out = {k: nan.copy() for k in ("min", "mean", "p50", "p99", "max")}
-    st, ct = starts[has], counts[has]
-    out["min"][has] = s[st]
-    out["max"][has] = s[st + ct - 1]
-    out["mean"][has] = np.bincount(conn, weights=lat.astype(np.float64), minlength=connections)[has] / ct / 1000
-    for key, q in (("p50", 0.5), ("p99", 0.99)):
-        pos = st + (ct - 1) * q
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.ceil(pos).astype(np.int64)
-        out[key][has] = s[lo] + (s[hi] - s[lo]) * (pos - lo)
-    return out
+    conn = np.asarray(conn, dtype=np.int64)
+    lat = np.asarray(latency_ns, dtype=np.int64)
+    return connection_stats(lat[np.lexsort((lat, conn))], np.bincount(conn, minlength=connections))
 
 
 @dataclass
@@ -198,7 +191,8 @@ class LoadResult:
 
     summary: dict[str, Any]
     rows: list[list[Any]]
-    latency_ns: np.ndarray  # every sample while exact; empty once folded (see summary["latency_precision"])
+    #: each process's samples while the percentiles are exact; none once folded (see summary["latency_precision"])
+    samples: list[SortedSamples] = field(default_factory=list)
     #: (second, open, echoes, errors, p50_us, p99_us) per second of the run
     timeseries: list[tuple[int, int, int, int, float, float]] = field(default_factory=list)
 
@@ -206,22 +200,29 @@ class LoadResult:
     def ok(self) -> bool:
         return bool(self.summary["ok"])
 
+    @property
+    def latency_ns(self) -> np.ndarray:
+        """Every sample, in memory (read from the load processes' files: as big as all of them)."""
+        arrays = [s.array() for s in self.samples]
+        return np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+
 
 def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested: int,
                   extra: dict[str, Any] | None = None,
                   timeseries: list[tuple[int, int, int, int, float, float]] | None = None) -> LoadResult:
     """Merge every process's results into one summary and one row per connection."""
     parts = sorted(parts, key=lambda p: p.first)
-    lat = np.concatenate([p.latency_ns for p in parts]) if parts else np.zeros(0, np.int64)
+    samples = [p.samples for p in parts]
     merged: LatencyHistogram | None = None
     if any(p.histogram is not None for p in parts):
         merged = LatencyHistogram(0)
         for p in parts:
             if p.histogram is None:
-                merged.add(p.latency_ns, None)
+                for chunk in p.samples.chunks():
+                    merged.add(chunk, None)
             else:
                 merged.merge(p.histogram)
-        lat = np.zeros(0, np.int64)
+        samples = []
     total = Counter({k: 0 for k in _COUNTERS})
     for p in parts:
         for k in ("established", "completed", "failed", "peak_open", "sent", "echoed", "mismatched",
@@ -269,7 +270,7 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
                             for k, b in (("up", "sent"), ("down", "received"))},
     }
     if merged is None:
-        summary["latency_us"] = latency_summary_us(lat)
+        summary["latency_us"] = exact_summary_us(samples)
         summary["latency_precision"] = "exact"
         summary["latency_error_us"] = {k: (None if v is None else 0.0) for k, v in summary["latency_us"].items()}
     else:
@@ -303,9 +304,7 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
 
     rows: list[list[Any]] = []
     for p in parts:
-        stats = (per_connection_stats(p.sample_conn, p.latency_ns, p.connections) if p.histogram is None
-                 else p.histogram.connection_stats())
-        cols = [stats[k].round(3).tolist() for k in ("min", "mean", "p50", "p99", "max")]
+        cols = [p.connection_latency[k].round(3).tolist() for k in STAT_KEYS]
         connect = p.connect_us.round(3).tolist()
         ml = int(p.counters.get("message_bytes", 0))
         echoed, sent = p.echoed.tolist(), p.sent.tolist()
@@ -315,7 +314,7 @@ def merge_results(parts: list[ProcessResult], *, host: str, port: int, requested
             rows.append([p.first + j, p.sources[j], echoed[j], nbytes[j], _blank(connect[j]),
                          *(_blank(c[j]) for c in cols), p.errors[j], sent[j], p.index,
                          "" if offset < 0 else offset, shown(got) if j in p.got else ""])
-    return LoadResult(summary=summary, rows=rows, latency_ns=lat, timeseries=list(timeseries or []))
+    return LoadResult(summary=summary, rows=rows, samples=samples, timeseries=list(timeseries or []))
 
 
 def _error_examples(parts: list[ProcessResult]) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ import numpy as np
 from c10k.load.latency import LatencyHistogram
 from c10k.load.phase import Phase, ProgressCallback
 from c10k.load.ramp import ConnectRamp
+from c10k.load.samples import connection_stats, group_by_connection
 from c10k.load.table import ConnectionTable
 
 __all__ = ["SampledPhase"]
@@ -53,7 +54,13 @@ class SampledPhase(Phase):
 
     fold_rest = fold
 
-    def samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """(latency ns, local connection) of the samples still in the buffers."""
-        return (np.frombuffer(self.t.lat, dtype=np.int64).copy(),
-                np.frombuffer(self.sample_conn, dtype=np.int32).copy())
+    def exact_samples(self) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+        """After the run, within the budget: (every sample ascending, per-connection statistics),
+        made in the buffers' place; None (then fold them) in the rare case ``group_by_connection`` cannot."""
+        lat = np.frombuffer(self.t.lat, dtype=np.int64)
+        counts = group_by_connection(lat, np.frombuffer(self.sample_conn, dtype=np.int32), self.t.connections)
+        if counts is None:
+            return None
+        stats = connection_stats(lat, counts)
+        lat.sort()
+        return lat, stats

@@ -2,7 +2,8 @@
 
 Past one process the parent forks a child per ``EngineSpec``. Each child sends
 one small message per phase over a pipe (``connected``, then ``done`` with the
-path of its results, an ``.npz`` file), one ``second`` a second (its counts and
+path of its results: an ``.npz`` file, and its raw samples sorted in a
+file of their own that the parent reads only in part), one ``second`` a second (its counts and
 a small histogram of the second's latencies, for the time series and the live
 p50/p99) and publishes its progress in a shared ``ProgressSlot``; the parent
 answers ``go`` to every child once all of them are connected (the barrier),
@@ -164,7 +165,7 @@ def run_forked(specs: list[EngineSpec], requested: int, expected: int,
     """One forked load process per spec, their seconds merged into ``series``; KeyboardInterrupt
     here stops them all and keeps their results."""
     # fork: children inherit the plan and the imported modules at no cost, and
-    # each sends back one small message per phase; samples travel as .npz files.
+    # each sends back one small message per phase; results travel as files.
     ctx = multiprocessing.get_context("fork")
     slots = ctx.Array(ProgressSlot, len(specs), lock=False)
     parent = os.getpid()

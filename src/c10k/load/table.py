@@ -115,8 +115,12 @@ class ConnectionTable:
             s.close()
             self.open -= 1
 
-    def fail(self, fd: int, why: str, outstanding: bool = True) -> None:
-        """End a connection with an error; its first error is the one reported."""
+    def fail(self, fd: int, why: str, outstanding: bool = True, heard: bool = False) -> None:
+        """End a connection with an error; its first error is the one reported.
+
+        ``heard``: bytes came back that are counted already (a late echo), so a
+        timeout is not a silent one.
+        """
         j = self.conn[fd]
         first = not self.errors[j]
         if first:
@@ -125,7 +129,7 @@ class ConnectionTable:
         if self.state[fd] == RUNNING:
             self.settle(fd, j, outstanding)
         got = self.partial.get(fd, 0)
-        if first and why == "timeout" and not got and not self.echoed[j]:
+        if first and why == "timeout" and not (heard or got or self.echoed[j]):
             self.silent_timeouts += 1
         if got:  # the part of an echo that came (e.g. before a timeout)
             self.note_reply(j, -1, self.pbuf[fd][:got], self.msg)
@@ -147,8 +151,8 @@ class ConnectionTable:
 
     def late(self, fd: int, received: int) -> None:
         """Bytes that arrived after --timeout: a timeout, as if the scan had seen it first."""
-        self.partial[fd] = self.partial.get(fd, 0) + received  # fail() counts them received
-        self.fail(fd, "timeout")
+        self.extra_rx += received
+        self.fail(fd, "timeout", heard=True)
 
     def note_reply(self, j: int, offset: int, got: bytes | bytearray, expected: bytes | None) -> None:
         """Keep the start of the reply that ended connection ``j`` (its first one only)."""
