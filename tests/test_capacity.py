@@ -53,11 +53,16 @@ def test_memory_grows_with_the_message_size():
 
 def test_doctor_and_load_plan_the_same_processes_and_source_addresses():
     """The numbers `c10k doctor` prints are the ones `c10k load` plans (and uses) on this machine."""
+    # Both commands as a user runs them, except that loopback counts as untracked by conntrack:
+    # a table other runs on this machine filled for the moment would make the load refuse (rightly),
+    # and this test is about the two plans agreeing, not about the table.
+    untracked = ("import sys; from c10k import limits; limits.loopback_tracked = lambda ruleset=None: False; "
+                 "from c10k.cli import main; sys.exit(main(sys.argv[1:]))")
     for n in (1, 1000, 30_000, 100_000):
-        doctor = subprocess.run([sys.executable, "-m", "c10k", "doctor", "--json", "-c", str(n)],
+        doctor = subprocess.run([sys.executable, "-c", untracked, "doctor", "--json", "-c", str(n)],
                                 capture_output=True, text=True, timeout=60)
         assert doctor.returncode == 0, doctor.stderr
-        load = subprocess.run([sys.executable, "-m", "c10k", "load", "--dry-run", "--json", "-c", str(n)],
+        load = subprocess.run([sys.executable, "-c", untracked, "load", "--dry-run", "--json", "-c", str(n)],
                               capture_output=True, text=True, timeout=60)
         assert load.returncode == 0, load.stderr
         advice, plan = json.loads(doctor.stdout), json.loads(load.stdout)
