@@ -254,6 +254,17 @@ def test_multiprocess_stalled_server_times_out(broken_server, tmp_path: Path) ->
 
 
 @pytest.mark.timeout(60)
+def test_startup_covers_every_load_process(broken_server) -> None:
+    # startup_s: from the plan to the last load process's first connect (forking them).
+    srv = broken_server(echo)
+    started = time.monotonic()
+    r = run_load("127.0.0.1", srv.port, connections=4, count=2, processes=2, timeout=5)
+    wall = time.monotonic() - started
+    assert r.ok, r.summary["errors"]
+    assert 0 < r.summary["startup_s"] < wall
+
+
+@pytest.mark.timeout(60)
 def test_open_loop_stalled_server_times_out(broken_server) -> None:
     # The open loop's timeout scan looks only at connections owed an echo: each
     # connection's first send puts it there, and a server that never answers

@@ -79,14 +79,20 @@ class Commands:
     connect_grace_s: float = 20.0
 
     def workers(self, case: Case) -> int | None:
-        """Worker processes for the process-based epoll servers.
+        """Worker processes for the process-based servers (epoll, its reuseport sibling, uring).
 
         Each process may hold at most RLIMIT_NOFILE descriptors, so 100,000
-        connections need at least six of them; never fewer than the cores.
+        connections need at least six of them; never fewer than the cores. A
+        hand-off server would start more as it fills, but starting them before
+        the connects keeps forks out of the ramp; reuseport ones cannot be added
+        and are spread unevenly by the kernel, so they get headroom.
         """
-        if case.server not in ("epoll", "epoll-reuseport"):
+        nofile = limits.nofile_limits()[1]
+        if case.server == "epoll-reuseport":
+            return capacity.reuseport_workers(case.connections, nofile, limits.cpus())
+        if case.server not in ("epoll", "uring"):
             return None
-        return capacity.server_workers(case.connections, limits.nofile_limits()[1], limits.cpus())
+        return capacity.server_workers(case.connections, nofile, limits.cpus())
 
     def server(self, case: Case, stats_file: Path) -> list[str]:
         arch, extra = SERVERS[case.server]
