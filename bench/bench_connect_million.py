@@ -11,8 +11,10 @@ both ends of every connection are up it takes the server's PSS and the
 kernel's memory once. Prints and saves (bench/results/connect_million.json):
 
 * connect phase (the load's ``connect_s``), connects/s, the load processes'
-  start-up (``startup_s``), and when 10/50/90/100% of the connections were up,
-  so a rate that falls with N shows;
+  start-up (``startup_s``), and when 10/50/90/100% of the connections were up
+  (both ends established, seconds from the load's launch), so a rate that
+  falls with N shows, and when the server had accepted them all (its accept
+  queues empty);
 * server and load CPU per connection over the connect phase;
 * overflows and SYN retransmits (a connect whose SYN is dropped waits 1 s);
 * messages/s, p50, p99, errors; server PSS per connection, the load processes'
@@ -124,6 +126,11 @@ def report(n: int, summary: dict[str, Any], rows: list[dict[str, Any]], idle: di
             who: round(harness.cpu_between(start, end, who) / n * 1e6, 1) for who in ("server", "load")}
         fig["connect_kernel"] = {k: end[k] - start[k] for k in (*harness.TCPEXT, "retrans_segs")}
     fig["accept_queue_max"] = max((r.get("accept_queue", 0) for r in rows), default=0)
+    if end is not None:
+        # the kernel counts a connection established before the server accepts it: the server
+        # holds every one once the accept queues are empty too
+        held = harness.first(rows, lambda r: r["t"] >= end["t"] and r.get("accept_queue") == 0)
+        fig["server_holds_all_at_s"] = held["t"] if held else None
     if full:
         fig["server_pss_bytes_per_connection"] = round((full["server_pss"] - idle["server_pss"]) / n, 1)
         fig["load_pss_bytes"] = full["load_pss"]
@@ -144,7 +151,7 @@ def print_result(r: dict[str, Any]) -> None:
           f"up at {r['up_at_s']}")
     if "connect_cpu_us_per_connection" in r:
         print(f"connect CPU per connection (us): {r['connect_cpu_us_per_connection']}; kernel: {r['connect_kernel']}; "
-              f"accept queue max {r['accept_queue_max']}")
+              f"accept queue max {r['accept_queue_max']}, server holds all at {r.get('server_holds_all_at_s')} s")
     print(f"messages {s['messages']['echoed']:,} in {s['elapsed_s']:.1f} s ({s['messages_per_s']:,.0f}/s), "
           f"p50 {lat['p50']} us, p99 {lat['p99']} us")
     if "server_pss_bytes_per_connection" in r:
