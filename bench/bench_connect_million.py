@@ -78,7 +78,7 @@ def main() -> None:
 
         def when_full(row: dict[str, Any]) -> None:
             # both ends of every connection established: measure memory once, there
-            if not at_full and row["estab"] - base_estab >= 2 * n:
+            if not at_full and harness.all_up(row["estab"], base_estab, n):
                 at_full.update(t=row["t"], server_pss=server.pss(), load_pss=load.pss(), **harness.kernel())
 
         cmd = [harness.C10K, "load", "-p", str(port), "-c", str(n), "-n", str(args.count),
@@ -115,9 +115,9 @@ def report(n: int, summary: dict[str, Any], rows: list[dict[str, Any]], idle: di
     """The connect phase's figures from the samples and the load's summary."""
     base = idle["estab"]
     up = {f"{p}%": (r or {}).get("t") for p in (10, 50, 90, 100)
-          for r in [harness.first(rows, lambda r, p=p: r["estab"] - base >= 2 * n * p / 100)]}
+          for r in [harness.first(rows, lambda r, p=p: harness.all_up(r["estab"], base, n, p / 100))]}
     start = rows[0] if rows else None
-    end = harness.first(rows, lambda r: r["estab"] - base >= 2 * n)
+    end = harness.first(rows, lambda r: harness.all_up(r["estab"], base, n))
     fig: dict[str, Any] = {"connections": n, "connect_s": summary["connect_s"],
                            "connects_per_s": round(n / summary["connect_s"]) if summary["connect_s"] else None,
                            "startup_s": summary.get("startup_s"), "up_at_s": up}

@@ -69,7 +69,7 @@ class Tree:
         self.refresh_s = refresh_s
         self.procs: list[psutil.Process] = [self.root]
         self.listed = 0.0
-        self.gone_cpu = 0.0  # CPU of processes that ended since they were listed
+        self.last: dict[int, tuple[float, float]] = {}  # pid -> its last (user, system): one that ends keeps it
 
     def members(self) -> list[psutil.Process]:
         now = time.monotonic()
@@ -82,16 +82,14 @@ class Tree:
         return self.procs
 
     def cpu(self) -> tuple[float, float]:
-        """(user, system) seconds of every member still alive."""
-        user = system = 0.0
+        """(user, system) seconds of every member seen so far (one that ended: its last reading)."""
         for p in self.members():
             try:
                 t = p.cpu_times()
             except psutil.Error:
                 continue
-            user += t.user
-            system += t.system
-        return user, system
+            self.last[p.pid] = (t.user, t.system)
+        return sum(u for u, _ in self.last.values()), sum(s for _, s in self.last.values())
 
     def pss(self) -> int:
         """Proportional set size summed over the members (shared pages split between their users)."""
@@ -184,6 +182,17 @@ class Sampler(threading.Thread):
         self.done.set()
         self.join(30)
         return self.rows
+
+
+#: The kernel's count of established connections is the whole machine's: other
+#: traffic moves it by a few thousand, so "all up" is 99.5% of both ends (at a
+#: million, 10,000 short: well under a second of connects).
+ALL_UP = 0.995
+
+
+def all_up(estab: int, base: int, connections: int, share: float = 1.0) -> bool:
+    """Whether the kernel counts ``share`` of both ends of ``connections`` established since ``base``."""
+    return estab - base >= 2 * connections * share * ALL_UP
 
 
 def first(rows: list[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
