@@ -30,9 +30,7 @@ connection tracking, if loaded, must hold them). Small runs work anywhere:
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -76,7 +74,7 @@ def main() -> None:
         idle = {"server_pss": server.pss(), **harness.kernel()}
         base_estab = idle["estab"]
 
-        def when_full(row: dict[str, Any]) -> None:
+        def when_full(row: dict[str, Any], load: harness.Tree) -> None:
             # both ends of every connection established: measure memory once, there
             if not at_full and harness.all_up(row["estab"], base_estab, n):
                 at_full.update(t=row["t"], server_pss=server.pss(), load_pss=load.pss(), **harness.kernel())
@@ -84,21 +82,10 @@ def main() -> None:
         cmd = [harness.C10K, "load", "-p", str(port), "-c", str(n), "-n", str(args.count),
                "--timeout", f"{args.timeout:g}", "--out", str(out), "--quiet", *shlex.split(args.load_args)]
         print("$ c10k serve", args.arch, "-p 0", shlex.join(server_args), flush=True)
-        print("$", shlex.join(cmd), flush=True)
-        launched = time.monotonic()
-        run = subprocess.Popen(cmd)
-        load = harness.Tree(run.pid, refresh_s=0.5)
-        sampler = harness.Sampler(launched, server, load, port, on_sample=when_full)
-        sampler.start()
-        code = run.wait(timeout=args.timeout * 3 + 600)
-        wall = time.monotonic() - launched
-        rows = sampler.stop()
+        code, wall, rows = harness.load_while_sampling(cmd, server, port, args.timeout * 3 + 600, when_full)
     finally:
         stopped = harness.stop_server(proc)
-    summary_path = out / "summary.json"
-    if not summary_path.exists():
-        raise SystemExit(f"c10k load wrote no summary (exit {code})")
-    summary = json.loads(summary_path.read_text())
+    summary = harness.read_summary(out, code)
     result = report(n, summary, rows, idle, at_full)
     result.update(when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), machine=harness.machine(),
                   server=f"c10k serve {args.arch} {shlex.join(server_args)}", load=shlex.join(cmd[1:]),

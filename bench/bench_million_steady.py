@@ -32,10 +32,8 @@ Saves bench/results/million_steady.json. Small runs work anywhere:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import subprocess
 import time
 from typing import Any
 
@@ -59,7 +57,7 @@ def run_steady(n: int, rate: float, seconds: float, *, arch: str, balance: str, 
     try:
         idle = {"server_pss": server.pss(), **harness.kernel()}
 
-        def watch(row: dict[str, Any]) -> None:
+        def watch(row: dict[str, Any], load: harness.Tree) -> None:
             if "full" not in marks and harness.all_up(row["estab"], idle["estab"], n):
                 marks["full"] = row["t"]
                 if pin and (os.cpu_count() or 1) >= 2:
@@ -71,21 +69,10 @@ def run_steady(n: int, rate: float, seconds: float, *, arch: str, balance: str, 
         cmd = [harness.C10K, "load", "-p", str(port), "-c", str(n), "--rate", f"{rate:g}",
                "--duration", f"{seconds:g}", "--timeout", f"{timeout:g}", "--out", str(out), "--quiet", *load_args]
         print("$ c10k serve", arch, "-p 0", shlex.join(server_args), flush=True)
-        print("$", shlex.join(cmd), flush=True)
-        launched = time.monotonic()
-        run = subprocess.Popen(cmd)
-        load = harness.Tree(run.pid, refresh_s=0.5)
-        sampler = harness.Sampler(launched, server, load, port, on_sample=watch)
-        sampler.start()
-        code = run.wait(timeout=seconds * 3 + timeout + 900)
-        wall = time.monotonic() - launched
-        rows = sampler.stop()
+        code, wall, rows = harness.load_while_sampling(cmd, server, port, seconds * 3 + timeout + 900, watch)
     finally:
         stopped = harness.stop_server(proc)
-    summary_path = out / "summary.json"
-    if not summary_path.exists():
-        raise SystemExit(f"c10k load wrote no summary (exit {code})")
-    summary = json.loads(summary_path.read_text())
+    summary = harness.read_summary(out, code)
     fig = figures(n, seconds, summary, rows, idle, marks)
     fig.update(server=f"c10k serve {arch} {shlex.join(server_args)}", load=shlex.join(cmd[1:]), load_exit=code,
                server_exit=stopped, wall_s=round(wall, 3), pinned=marks.get("pinned"), summary=summary,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -215,3 +216,32 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path
+
+
+def load_while_sampling(cmd: list[str], server: Tree, port: int, wait_s: float,
+                        on_sample: Callable[[dict[str, Any], Tree], None] | None = None,
+                        ) -> tuple[int, float, list[dict[str, Any]]]:
+    """Run a ``c10k load`` command while a ``Sampler`` watches; (exit status, wall seconds, samples).
+
+    ``on_sample(row, load)`` gets each sample and the load's process tree.
+    """
+    print("$", shlex.join(cmd), flush=True)
+    launched = time.monotonic()
+    run = subprocess.Popen(cmd)
+    load = Tree(run.pid, refresh_s=0.5)
+    sampler = Sampler(launched, server, load, port,
+                      on_sample=None if on_sample is None else lambda row: on_sample(row, load))
+    sampler.start()
+    try:
+        code = run.wait(timeout=wait_s)
+    finally:
+        rows = sampler.stop()
+    return code, time.monotonic() - launched, rows
+
+
+def read_summary(out: Path, code: int) -> dict[str, Any]:
+    """The load's summary.json in ``out``, or exit with one line."""
+    path = out / "summary.json"
+    if not path.exists():
+        raise SystemExit(f"c10k load wrote no summary (exit {code})")
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
