@@ -116,8 +116,8 @@ def report(n: int, summary: dict[str, Any], rows: list[dict[str, Any]], idle: di
     if end is not None:
         # the kernel counts a connection established before the server accepts it: the server
         # holds every one once the accept queues are empty too
-        held = harness.first(rows, lambda r: r["t"] >= end["t"] and r.get("accept_queue") == 0)
-        fig["server_holds_all_at_s"] = held["t"] if held else None
+        held = harness.first(rows, lambda r: r["accept_queue_t"] >= end["t"] and r["accept_queue"] == 0)
+        fig["server_holds_all_at_s"] = held["accept_queue_t"] if held else None
     if full:
         fig["server_pss_bytes_per_connection"] = round((full["server_pss"] - idle["server_pss"]) / n, 1)
         fig["load_pss_bytes"] = full["load_pss"]
