@@ -29,7 +29,7 @@ matrices:
   million epoll (hand-off), epoll-reuseport and uring holding 1,000,000 connections
           at a steady 20,000 messages/s in total for 60 s (most connections idle);
           needs ~10 GiB of kernel memory, and `c10k doctor -c 1000000 --fix` where
-          connection tracking is loaded. About 15 minutes
+          connection tracking is loaded. About 25 minutes
   FILE    a TOML file:
             name = "my matrix"            # optional
             messages = 100                # optional default
