@@ -167,8 +167,10 @@ def test_million_matrix_is_a_steady_million_on_the_process_architectures(monkeyp
     per = capacity.connections_per_process(20000)
     for c in m.cases:
         server = commands.server(c, tmp_path / "stats.json")
-        workers = int(server[server.index("--workers") + 1])
-        assert workers * per >= c.connections
+        if c.server == "uring":  # its hand-off starts with the cores and grows as it fills
+            assert "--workers" not in server
+        else:
+            assert int(server[server.index("--workers") + 1]) * per >= c.connections
         assert ("--balance" in server) == (c.server == "epoll-reuseport")
         load = commands.load(c, "127.0.0.1", 7000, tmp_path)
         assert load[load.index("-c") + 1] == "1000000"

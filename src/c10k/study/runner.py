@@ -79,18 +79,18 @@ class Commands:
     connect_grace_s: float = 20.0
 
     def workers(self, case: Case) -> int | None:
-        """Worker processes for the process-based servers (epoll, its reuseport sibling, uring).
+        """Worker processes for the process-based epoll servers.
 
         Each process may hold at most RLIMIT_NOFILE descriptors, so 100,000
-        connections need at least six of them; never fewer than the cores. A
-        hand-off server would start more as it fills, but starting them before
-        the connects keeps forks out of the ramp; reuseport ones cannot be added
-        and are spread unevenly by the kernel, so they get headroom.
+        connections need at least six of them; never fewer than the cores.
+        Reuseport workers cannot be added later and the kernel spreads
+        connections over them unevenly, so they get headroom. (uring's
+        hand-off starts with the cores and grows as it fills.)
         """
         nofile = limits.nofile_limits()[1]
         if case.server == "epoll-reuseport":
             return capacity.reuseport_workers(case.connections, nofile, limits.cpus())
-        if case.server not in ("epoll", "uring"):
+        if case.server != "epoll":
             return None
         return capacity.server_workers(case.connections, nofile, limits.cpus())
 
