@@ -17,38 +17,13 @@ import json
 import os
 import platform
 import shlex
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import harness
+
 HERE = Path(__file__).resolve().parent
-
-
-def start_server(c10k: str, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([c10k, "serve", "epoll", "-p", "0", *extra], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r} (exit {proc.wait(10)})")
-    return proc, int(line.strip().rsplit(":", 1)[1])
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def main() -> None:
@@ -62,8 +37,8 @@ def main() -> None:
     ap.add_argument("--server-args", default="", help="extra `c10k serve epoll` arguments")
     ap.add_argument("--load-args", default="", help="extra `c10k load` arguments")
     args = ap.parse_args()
-    c10k = str(Path(sys.executable).with_name("c10k"))
-    proc, port = start_server(c10k, shlex.split(args.server_args))
+    c10k = harness.C10K
+    proc, port = harness.start_server("epoll", shlex.split(args.server_args))
     try:
         # keep summary.json and connections.csv next to the figures
         out = HERE / "results" / "load_100k"
@@ -81,7 +56,7 @@ def main() -> None:
             raise SystemExit(f"c10k load wrote no summary (exit {run.returncode})")
         summary = json.loads(summary_path.read_text())
     finally:
-        stop_server(proc)
+        harness.stop_server(proc)
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),

@@ -131,3 +131,17 @@ def test_localhost_falls_back_to_ipv6_and_ipv6_is_bracketed():
         assert f"to [::1]:{port} in" in plan.describe()
     assert host_port("127.0.0.1", 7000) == "127.0.0.1:7000"
     assert host_port("::1", 7000) == "[::1]:7000"
+
+
+def test_reuseport_workers_leave_room_for_the_kernels_uneven_spread():
+    # The kernel hashes each connection to a listener: model it as uniform random, many times over.
+    import numpy as np
+
+    per = capacity.connections_per_process(20000)
+    for n in (40_000, 100_000, 1_000_000):
+        workers = capacity.reuseport_workers(n, 20000, cpus=2)
+        assert workers >= capacity.server_workers(n, 20000, cpus=2)
+        spreads = np.random.default_rng(n).multinomial(n, [1 / workers] * workers, size=50)
+        assert spreads.max() < per, f"{n:,} over {workers} workers: one got {spreads.max():,}"
+    assert capacity.reuseport_workers(1_000_000, 20000, cpus=2) == 56
+    assert capacity.reuseport_workers(1000, 20000, cpus=2) == 2

@@ -253,6 +253,39 @@ def test_multiprocess_stalled_server_times_out(broken_server, tmp_path: Path) ->
     assert len(r.summary["processes"]) == 2
 
 
+@pytest.mark.timeout(60)
+def test_startup_covers_every_load_process(broken_server) -> None:
+    # startup_s: from the plan to the last load process's first connect (forking them).
+    srv = broken_server(echo)
+    started = time.monotonic()
+    r = run_load("127.0.0.1", srv.port, connections=4, count=2, processes=2, timeout=5)
+    wall = time.monotonic() - started
+    assert r.ok, r.summary["errors"]
+    assert 0 < r.summary["startup_s"] < wall
+
+
+@pytest.mark.timeout(60)
+def test_open_loop_stalled_server_times_out(broken_server) -> None:
+    # The open loop's timeout scan looks only at connections owed an echo: each
+    # connection's first send puts it there, and a server that never answers
+    # must still time every one of them out.
+    srv = broken_server(stall)
+    r = run_load("127.0.0.1", srv.port, connections=3, rate=30, duration=1.0, timeout=0.5)
+    assert not r.ok
+    assert r.summary["errors"] == {"timeout": 3}
+    assert r.summary["messages"]["echoed"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_open_loop_idle_connection_is_not_a_timeout(broken_server) -> None:
+    # 3 connections at 3 messages/s: each sends once a second and waits idle in
+    # between, twice as long as --timeout. Idle is not late: no error.
+    srv = broken_server(echo)
+    r = run_load("127.0.0.1", srv.port, connections=3, rate=3, duration=3.0, timeout=0.5)
+    assert r.ok, r.summary["errors"]
+    assert r.summary["messages"]["echoed"] == 9
+
+
 def test_no_barrier_and_paced_connects(broken_server) -> None:
     srv = broken_server(echo)
     r = run_load("127.0.0.1", srv.port, connections=6, count=5, barrier=False, connect_rate=500, timeout=5)

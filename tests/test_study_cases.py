@@ -126,7 +126,7 @@ def test_load_matrix_reads_names_and_files(tmp_path):
     path.write_text("[[case]]\nserver = 'asyncio'\nconnections = 5\n")
     m = load_matrix(str(path))
     assert m.name == "small" and [(c.server, c.connections) for c in m.cases] == [("asyncio", 5)]
-    with pytest.raises(UsageError, match="neither seed, quick, wan nor a readable TOML file"):
+    with pytest.raises(UsageError, match="neither seed, quick, wan, million nor a readable TOML file"):
         load_matrix(str(tmp_path / "missing.toml"))
 
 
@@ -138,3 +138,43 @@ def test_filter_servers_keeps_numbers_and_rejects_unknown_names():
         filter_servers(seed_matrix(), ["apache"])
     with pytest.raises(UsageError, match="has no such cases"):
         filter_servers(matrix_from_toml("[[case]]\nserver='poll'\nconnections=1"), ["select"])
+
+
+def test_million_matrix_is_a_steady_million_on_the_process_architectures(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from c10k import capacity
+    from c10k.limits import machine_limits
+    from c10k.study import runner
+    from c10k.study.capacity import plan_capacity
+
+    m = load_matrix("million")
+    assert m.name == "million"
+    assert [(c.number, c.server, c.connections) for c in m.cases] == [
+        (1, "epoll", 1_000_000), (2, "epoll-reuseport", 1_000_000), (3, "uring", 1_000_000)]
+    assert all(c.fixed_rate and c.rate == 20_000 and c.duration_s == 60 for c in m.cases)
+    assert {c.slug for c in m.cases} == {"1000000-rate20000"}
+    # a machine of this project's shape (20,000 descriptors a process, 2 cores, 24 GiB) holds each
+    here = replace(machine_limits(), cpus=2, nofile_soft=20000, nofile_hard=20000,
+                   memory_total=24 * 2**30, memory_available=23 * 2**30)
+    held = {a.server: a for a in plan_capacity(1_000_000, here).architectures}
+    for c in m.cases:
+        assert held[c.server].can_hold, held[c.server].why
+    # the dry plan: the commands the runner would start, with workers enough for a million
+    monkeypatch.setattr(runner.limits, "nofile_limits", lambda: (20000, 20000))
+    monkeypatch.setattr(runner.limits, "cpus", lambda: 2)
+    commands = runner.Commands(python="python")
+    per = capacity.connections_per_process(20000)
+    for c in m.cases:
+        server = commands.server(c, tmp_path / "stats.json")
+        if c.server == "uring":  # its hand-off starts with the cores and grows as it fills
+            assert "--workers" not in server
+        else:
+            assert int(server[server.index("--workers") + 1]) * per >= c.connections
+        assert ("--balance" in server) == (c.server == "epoll-reuseport")
+        load = commands.load(c, "127.0.0.1", 7000, tmp_path)
+        assert load[load.index("-c") + 1] == "1000000"
+        assert load[load.index("--rate") + 1] == "20000" and load[load.index("--duration") + 1] == "60"
+        assert commands.timeout_s(c) > c.connections / 2500 + 60  # room for the ramp and the sending
+    reuseport = commands.server(m.cases[1], tmp_path / "stats.json")
+    assert int(reuseport[reuseport.index("--workers") + 1]) == capacity.reuseport_workers(1_000_000, 20000, 2)

@@ -139,7 +139,7 @@ def test_list_and_servers_filter_the_quick_matrix():
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--matrix", "nope"], "neither seed, quick, wan nor a readable TOML file"),
+        (["--matrix", "nope"], "neither seed, quick, wan, million nor a readable TOML file"),
         (["--servers", "nginx", "--list"], "unknown server 'nginx'"),
         (["--find-limit", "nginx"], "unknown server 'nginx'"),
         (["--find-limit", "select", "--start", "5000", "--max", "100"], "--start must not exceed --max"),
@@ -207,3 +207,13 @@ def processes_mentioning(text: str) -> list[int]:
         if any(text in part for part in p.info["cmdline"] or ()):
             found.append(p.info["pid"])
     return found
+
+
+def test_list_the_million_matrix():
+    proc = study("--matrix", "million", "--list", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    *cases, total = proc.stdout.splitlines()
+    assert total.startswith("matrix million: 3 cases, about ")
+    assert [line.split()[1:3] for line in cases] == [
+        ["epoll", "1,000,000"], ["epoll-reuseport", "1,000,000"], ["uring", "1,000,000"]]
+    assert all("20,000/s for 60 s" in line for line in cases)

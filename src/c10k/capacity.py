@@ -37,6 +37,8 @@ __all__ = [
     "ports_per_source",
     "source_addresses_needed",
     "server_workers",
+    "reuseport_workers",
+    "REUSEPORT_SPREAD",
     "kernel_bytes",
     "load_memory_bytes",
 ]
@@ -137,6 +139,21 @@ def source_addresses_needed(connections: int, ports: int, *, explicit: bool = Fa
 def server_workers(connections: int, nofile: int, cpus: int) -> int:
     """Worker processes a process-based epoll server starts with for ``connections``."""
     return max(cpus, processes_needed(connections, nofile))
+
+
+#: A reuseport server cannot choose which worker takes a connection: the kernel
+#: picks a listener by a hash of the address pair, so the workers fill unevenly
+#: (about N/W + sqrt(2 (N/W) ln W) in the fullest of W, balls into bins) and the
+#: fullest must stay under its descriptor limit. Plan each to 90% of it: at a
+#: million connections 51 workers would put the fullest near 20,000, past the
+#: 19,936 a process may hold here; 56 leave it near 18,250.
+REUSEPORT_SPREAD = 0.9
+
+
+def reuseport_workers(connections: int, nofile: int, cpus: int) -> int:
+    """Worker processes a reuseport epoll server needs for ``connections`` (they are not added later)."""
+    per_worker = max(1, int(connections_per_process(nofile) * REUSEPORT_SPREAD))
+    return max(cpus, math.ceil(connections / per_worker))
 
 
 def kernel_bytes(connections: int, *, loopback: bool = True) -> int:

@@ -138,6 +138,11 @@ def run_settings(settings: LoadSettings, *, plan: LoadPlan | None = None,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "plan": plan.as_dict(),
     }
+    # Process start-up: from the plan to the last load process's first connect
+    # (forking and setting up every load process; at a million connections, 51).
+    starts = [p.counters.get("connect_start_ns", 0) for p in parts]
+    if all(starts):
+        extra["startup_s"] = round(max(0, max(starts) - origin) / 1e9, 6)
     if s.open_loop or s.duration:
         extra.update({"rate": s.rate, "duration_s": s.duration})
     if s.exchange is not None:

@@ -6,6 +6,13 @@ are pipelined on each connection; echoes come back in order, so the m-th echo
 belongs to the m-th scheduled send. It starts after the barrier: every
 connection is open before the first send.
 
+The timeout scan (every 0.25 s) looks only at the connections that owe an
+echo (``waiting``), not at every open one: at a million connections and a
+steady rate almost all of them are idle, and a scan over every open
+connection cost about 3 ms per 20,000 per scan in each load process (0.7 of a
+core over 51 processes), growing with the open connections instead of the
+messages.
+
 Round trips are appended with their connection until the sample budget is
 full, then folded (``sampled.py``).
 """
@@ -31,6 +38,7 @@ class OpenLoop(SampledPhase):
         self.rate = rate
         self.duration = duration
         self.progress_ns = [0] * table.size  # last echo, or the first outstanding send
+        self.waiting: set[int] = set()  # fds owed an echo: the only ones the timeout scan looks at
         self.bigbuf = bytearray(1 << 16)
         self.bigview = memoryview(self.bigbuf)
         self.slot: dict[int, int] = {}  # fd -> its place in the round-robin
@@ -43,9 +51,11 @@ class OpenLoop(SampledPhase):
         self.ramp.scan_timeouts(now)
         t = self.t
         prog, sent, echoed, conn, limit = self.progress_ns, t.sent, t.echoed, t.conn, t.timeout_ns
-        late = [fd for fd in t.running if sent[conn[fd]] > echoed[conn[fd]] and now - prog[fd] > limit]
+        late = [fd for fd in self.waiting if now - prog[fd] > limit]
         for fd in late:
-            t.fail(fd, "timeout")
+            self.waiting.discard(fd)
+            if t.state[fd] == RUNNING and sent[conn[fd]] > echoed[conn[fd]]:
+                t.fail(fd, "timeout")
 
     def _event(self, fd: int, ev: int) -> None:
         if self.ready_to_read(fd, ev):
@@ -95,9 +105,11 @@ class OpenLoop(SampledPhase):
         if len(t.lat) >= self.cap:
             self.fold()
         self.progress_ns[fd] = now
-        if m == sent and self.sends_done:
-            t.finish(fd)
-            return
+        if m == sent:
+            self.waiting.discard(fd)
+            if self.sends_done:
+                t.finish(fd)
+                return
         rest = len(data) - off
         if rest and data[off:] != msg[:rest]:  # already different: no need to wait for the rest
             t.mismatch(fd, data[off:])
@@ -129,7 +141,7 @@ class OpenLoop(SampledPhase):
         seq = 0
         poll, msg, now = t.ep.poll, t.msg, time.monotonic_ns
         sent, echoed, state, conn = t.sent, t.echoed, t.state, t.conn
-        event = self._event
+        event, waiting = self._event, self.waiting
         while True:
             clock = now()
             while seq < total and start + int(seq * period) <= clock:
@@ -140,6 +152,7 @@ class OpenLoop(SampledPhase):
                 j = conn[fd]
                 if sent[j] == echoed[j]:
                     self.progress_ns[fd] = clock  # the clock for a timeout starts at the first outstanding send
+                    waiting.add(fd)
                 sent[j] += 1
                 t.send(fd, msg)
             if seq >= total:

@@ -27,12 +27,14 @@ connections waiting in a dead process's accept queue are reset by the kernel
 
 from __future__ import annotations
 
+import heapq
 import os
 import select
 import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from c10k import capacity
 from c10k.errors import C10kError
@@ -62,7 +64,7 @@ from c10k.servers.workers import (
     run_worker,
 )
 
-__all__ = ["HandoffServer", "ReuseportServer", "epoll_server", "connections_per_worker"]
+__all__ = ["HandoffServer", "ReuseportServer", "LeastLoadedFirst", "epoll_server", "connections_per_worker"]
 
 #: descriptors a worker process keeps for itself (epoll, inbox, wake pair, std streams, reserve)
 def connections_per_worker(fd_limit: int, workers: int, shared_table: bool) -> int:
@@ -75,6 +77,53 @@ def connections_per_worker(fd_limit: int, workers: int, shared_table: bool) -> i
     if shared_table:
         return capacity.thread_worker_share(fd_limit, workers)
     return capacity.connections_per_process(fd_limit)
+
+
+W = TypeVar("W")
+
+
+class LeastLoadedFirst(Generic[W]):
+    """Where one accept batch goes: the least-loaded worker takes connections until it
+    is full, then the next least-loaded, and so on.
+
+    Why a batch, not connection by connection: spreading a batch fd by fd over
+    many workers costs a sendmsg and a worker wake-up per connection; with 51
+    workers (a million connections) that made the acceptor cost 30 µs and the
+    workers 45 µs a connection, against 11 and 18 with one worker (measured;
+    with this: 24 and 27, and 5-7 and 2 when a full accept queue is drained).
+    A batch grows when the acceptor falls behind, so the busier the server the
+    fewer messages per connection, and the spread stays within a batch
+    (ACCEPT_BATCH) of even. A heap: no scan of every worker per connection.
+
+    Args:
+        loads: (connections held, a unique number, worker) for each live worker.
+        capacity: connections a worker may hold.
+    """
+
+    def __init__(self, loads: list[tuple[int, int, W]], capacity: int) -> None:
+        self.loads = loads
+        heapq.heapify(self.loads)
+        self.capacity = capacity
+        self.worker: W | None = None
+        self.room = 0  # connections the current worker may still take
+
+    def next(self) -> W | None:
+        """The worker for the next connection, counted as taken; None when every worker is full."""
+        if not self.room:
+            self.worker = None
+            while self.loads:
+                held, _, worker = heapq.heappop(self.loads)
+                if held < self.capacity:
+                    self.worker, self.room = worker, self.capacity - held
+                    break
+            if self.worker is None:
+                return None
+        self.room -= 1
+        return self.worker
+
+    def add(self, worker: W) -> None:
+        """A new worker, holding nothing: it takes the next connections."""
+        self.worker, self.room = worker, self.capacity
 
 
 def epoll_server(config: ServerConfig) -> Server:
@@ -189,25 +238,28 @@ class HandoffServer(EpollPoolServer):
 
     def _accept_batch(self) -> None:
         assert self.listener is not None and self.pool is not None
-        pool = self.pool
         capacity = self.capacity()
-        load = {w: pool.holding(w) for w in pool.alive()}
-        live = sum(load.values())
+        loads = self.pool.loads()
+        live = sum(held for held, _, _ in loads)
+        alive = len(loads)
+        placer = LeastLoadedFirst(loads, capacity)
         batch: dict[Worker, list[int]] = {}
         for fd in accept_ready(self.listener, self.reserve):
             if self.refusals.full(live):
                 os.close(fd)
                 continue
-            worker = min(load, key=load.__getitem__) if load else None
-            if worker is None or load[worker] >= capacity:
-                worker = self._grow(len(load), capacity)
+            worker = placer.next()
+            if worker is None:  # every worker is full
+                worker = self._grow(alive, capacity)
                 if worker is None:
                     os.close(fd)
                     continue
-                load[worker] = 0
+                alive += 1
+                placer.add(worker)
+                worker = placer.next()
+                assert worker is not None
             os.set_blocking(fd, False)  # shared with the worker's copy
             batch.setdefault(worker, []).append(fd)
-            load[worker] += 1
             live += 1
             worker.handed += 1
         self.peak_live = max(self.peak_live, live)

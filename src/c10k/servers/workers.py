@@ -63,6 +63,11 @@ class Slots:
     def get(self, index: int, name: str) -> int:
         return int(self.array[index * self.width + self._at[name]])
 
+    def column(self, name: str, count: int) -> list[int]:
+        """One field of the first ``count`` rows, in one read (the acceptor reads one per accept batch)."""
+        at = self._at[name]
+        return self.array[at : count * self.width : self.width]
+
     def set(self, index: int, name: str, value: int) -> None:
         self.array[index * self.width + self._at[name]] = value
 
@@ -276,9 +281,10 @@ class WorkerPool:
     def alive(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.alive]
 
-    def holding(self, worker: Worker) -> int:
-        """Connections a hand-off worker holds now: handed to it, less those it closed."""
-        return worker.handed - self.slots.get(worker.index, "closed")
+    def loads(self) -> list[tuple[int, int, Worker]]:
+        """(connections held, index, worker) of every live worker, the closed counts read at once."""
+        closed = self.slots.column("closed", self.next_index)
+        return [(w.handed - closed[w.index], w.index, w) for w in self.workers.values() if w.alive]
 
     def on_event(self, fd: int) -> None:
         """A worker's channel is readable: a late READY, or EOF because it is gone."""

@@ -109,9 +109,10 @@ def plan_capacity(connections: int, lim: MachineLimits, *, max_workers: int = DE
             why = (f"worker processes each hold up to {_n(per_process)} connections; {workers} to start with"
                    f" (--workers {workers}), at most {max_workers} (--max-workers)")
         elif server == "epoll-reuseport":
-            most = per_process * max(workers, max_workers)
+            spread = capacity.reuseport_workers(connections, lim.nofile_hard, lim.cpus)
+            most = per_process * max(spread, max_workers)
             why = (f"--workers N processes each hold up to {_n(per_process)} connections (the study starts "
-                   f"{workers}); they are not added while running")
+                   f"{spread}: the kernel spreads connections unevenly); they are not added while running")
         else:
             most = per_process
             why = f"{ONE_PROCESS[server]}: {fd_why}"

@@ -25,6 +25,13 @@ loop, where every connection is always busy, hides. Their folders are
     how a round-trip time changes which architecture wins. Needs
     ``--topology netns``; a case's link shows in its folder
     (``<server>/10000-delay25ms/``).
+``million``
+    The process-based architectures that can hold a million connections here
+    (epoll's hand-off, epoll-reuseport, uring), each with 1,000,000 open at
+    once and a steady 20,000 messages/s in total for 60 s: one message per
+    connection every 50 s, most of them idle at any moment (the C10M shape).
+    Where connection tracking is loaded, run ``c10k doctor -c 1000000 --fix``
+    first (the load refuses otherwise, and the case fails saying so).
 a TOML file
     A user's matrix::
 
@@ -71,6 +78,7 @@ __all__ = [
     "seed_matrix",
     "quick_matrix",
     "wan_matrix",
+    "million_matrix",
     "WAN_LINKS",
     "matrix_from_toml",
     "load_matrix",
@@ -273,6 +281,22 @@ def wan_matrix() -> Matrix:
                   "and 25 ms added each way between client hosts and server (--topology netns)")
 
 
+#: The million matrix: its connections, and the steady rate over all of them.
+MILLION = 1_000_000
+MILLION_RATE = 20_000
+MILLION_DURATION_S = 60.0
+#: The architectures that hold a million here: process workers (RLIMIT_NOFILE is per process).
+_MILLION_SERVERS = ("epoll", "epoll-reuseport", "uring")
+
+
+def million_matrix() -> Matrix:
+    """epoll, epoll-reuseport and uring at 1,000,000 connections, 20,000 messages/s in total for 60 s."""
+    cases = _numbered(((s, MILLION) for s in _MILLION_SERVERS), rate=MILLION_RATE, duration_s=MILLION_DURATION_S)
+    return Matrix("million", cases, f"epoll (hand-off), epoll-reuseport and uring holding {MILLION:,} "
+                  f"connections at a steady {MILLION_RATE:,} messages/s in total for {MILLION_DURATION_S:g} s "
+                  "(one message per connection every 50 s)")
+
+
 def link_slug(link: str | None) -> str:
     """``-delay25ms`` for a case's folder; ``""`` for no link (loopback or unshaped)."""
     words = (link or "").split()
@@ -370,7 +394,7 @@ def matrix_from_toml(text: str, name: str = "custom") -> Matrix:
 
 
 def load_matrix(spec: str) -> Matrix:
-    """``seed``, ``quick``, or the path of a TOML file.
+    """``seed``, ``quick``, ``wan``, ``million``, or the path of a TOML file.
 
     Raises:
         UsageError: an unknown name, or a file that cannot be read or parsed.
@@ -381,11 +405,13 @@ def load_matrix(spec: str) -> Matrix:
         return quick_matrix()
     if spec == "wan":
         return wan_matrix()
+    if spec == "million":
+        return million_matrix()
     path = Path(spec)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise UsageError(f"--matrix {spec}: neither seed, quick, wan nor a readable TOML file "
+        raise UsageError(f"--matrix {spec}: neither seed, quick, wan, million nor a readable TOML file "
                          f"({exc.strerror})") from None
     return matrix_from_toml(text, name=path.stem)
 

@@ -84,10 +84,16 @@ class Commands:
 
         Each process may hold at most RLIMIT_NOFILE descriptors, so 100,000
         connections need at least six of them; never fewer than the cores.
+        Reuseport workers cannot be added later and the kernel spreads
+        connections over them unevenly, so they get headroom. (uring's
+        hand-off starts with the cores and grows as it fills.)
         """
-        if case.server not in ("epoll", "epoll-reuseport"):
+        nofile = limits.nofile_limits()[1]
+        if case.server == "epoll-reuseport":
+            return capacity.reuseport_workers(case.connections, nofile, limits.cpus())
+        if case.server != "epoll":
             return None
-        return capacity.server_workers(case.connections, limits.nofile_limits()[1], limits.cpus())
+        return capacity.server_workers(case.connections, nofile, limits.cpus())
 
     def server(self, case: Case, stats_file: Path) -> list[str]:
         arch, extra = SERVERS[case.server]
