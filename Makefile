@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test container-test lint bench clean venv
+.PHONY: run test container-test lint bench clean venv test-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ run: $(STAMP)
 	$(BIN)/c10k study --matrix $(MATRIX) --list
 	$(BIN)/c10k study --matrix $(MATRIX)
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q
+
+# The tests drive a real non-echo server (redis-server, Debian's package) as well as our own.
+test-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package) for the load tests"; \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
 # The Docker image built and run as in the original study, under podman
 # (needs root, podman, runc, debootstrap: .ci/run installs them; see container/README.md).
