@@ -101,6 +101,11 @@ class ConnectRamp:
             else:
                 self._connect(j, first)
 
+    def reconnect(self, j: int) -> None:
+        """Open connection ``j`` again (``--lifetime``: its socket was closed on purpose);
+        its completion calls ``on_established`` as the first connect did."""
+        self._connect(j)
+
     def _connect(self, j: int, first: int = 0) -> None:
         t = self.t
         if not t.connect_start_ns:

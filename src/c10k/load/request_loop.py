@@ -216,7 +216,7 @@ class RequestLoop(SampledPhase):
         """The socket's lifetime is over: close it and connect again, as the same connection."""
         self.socks.pop(fd, None)
         self.t.close(fd)
-        self.ramp._connect(j)  # its completion calls begin() again (ramp.on_established)
+        self.ramp.reconnect(j)  # its completion calls begin() again (ramp.on_established)
 
     def _forget(self, fd: int) -> None:
         self.socks.pop(fd, None)
