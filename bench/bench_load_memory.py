@@ -27,28 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness
 import psutil
 
-HERE = Path(__file__).resolve().parent
 MIB = 2**20
-
-
-def start_server(c10k: str) -> tuple[subprocess.Popen[str], int]:
-    server = subprocess.Popen([c10k, "serve", "epoll", "-p", "0"], stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    line = server.stdout.readline()
-    if not line.startswith("listening on "):
-        server.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return server, int(line.rsplit(":", 1)[1])
 
 
 def sample_rss(parent: psutil.Process) -> dict[int, int]:
@@ -88,8 +76,8 @@ def main() -> None:
     ap.add_argument("--every", type=float, default=5.0, help="seconds between RSS samples")
     ap.add_argument("--sample-budget", default=None, help="passed to c10k load (default: its own)")
     args = ap.parse_args()
-    c10k = str(Path(sys.executable).with_name("c10k"))
-    server, port = start_server(c10k)
+    c10k = harness.C10K
+    server, port = harness.start_server("epoll", [])
     samples: list[tuple[float, dict[int, int]]] = []
     try:
         with tempfile.TemporaryDirectory() as out:
@@ -115,13 +103,11 @@ def main() -> None:
             wall = time.monotonic() - started
             summary = json.loads((Path(out) / "summary.json").read_text())
     finally:
-        server.terminate()
-        server.wait(15)
+        harness.stop_server(server)
     procs = summary["processes"]
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count(), "load_avg": os.getloadavg()},
+        "machine": harness.machine(),
         "command": " ".join(cmd[1:]), "exit_status": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 1),
         "interrupted": summary.get("interrupted"), "echoed": summary["messages"]["echoed"],
         "messages_per_s": summary["messages_per_s"], "errors": summary["errors"],
@@ -139,9 +125,7 @@ def main() -> None:
         "rss_samples": [[t, {str(pid): round(rss / MIB, 1) for pid, rss in s.items()}] for t, s in samples],
         "pids": {"parent": load.pid, **{f"load process {p['index']}": p["pid"] for p in procs}},
     }
-    path = HERE / "results" / "load_memory.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = harness.save("load_memory", result)
     print(f"{result['echoed']:,} echoes in {wall:.0f} s ({result['messages_per_s']:,.0f} msg/s), "
           f"{result['latency_precision']}; peak RSS: parent {result['parent_peak_rss_mib']} MiB, load processes "
           f"{', '.join(f'{v} MiB' for v in result['load_processes_peak_rss_mib'])} "
