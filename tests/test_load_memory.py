@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from c10k import capacity
 from c10k.errors import UsageError
 from c10k.load import LoadSettings
-from c10k.load.latency import CONN_HDR, HDR, HIGHEST_NS, LatencyHistogram, percentiles, sparse
+from c10k.load.latency import CONN_HDR, HDR, HIGHEST_NS, LatencyHistogram, compact, merge_sparse, percentiles, sparse
 from c10k.load.results import ProcessResult, merge_results
 from c10k.load.samples import SortedSamples
 
@@ -45,6 +45,25 @@ def test_layout_matches_hdrhistogram() -> None:
         h = layout.new()
         assert layout.index(lat).tolist() == [h.get_counts_array_index(int(v)) for v in lat]
         assert layout.lowest(layout.index(lat)).tolist() == [h.get_lowest_equivalent_value(int(v)) for v in lat]
+
+
+def test_a_connections_histogram_is_compact_and_loses_no_count() -> None:
+    rng = np.random.default_rng(3)
+    lat = (2 ** rng.uniform(10, 40, 40_000)).astype(np.int64)  # 1 us .. 18 min: every octave
+    h = LatencyHistogram(1)
+    for part in np.array_split(lat, 8):  # eight folds: each merges into the compact one
+        h.add(part, 0)
+    idx, counts = h.conn_hist[0]
+    assert (idx.dtype, counts.dtype) == (np.uint16, np.uint32)
+    exact_idx, exact_counts = sparse(CONN_HDR, lat)
+    assert idx.tolist() == exact_idx.tolist() and counts.tolist() == exact_counts.tolist()
+    assert idx.nbytes + counts.nbytes == 6 * idx.size
+
+
+def test_a_count_past_uint32_keeps_int64() -> None:
+    big = np.array([np.iinfo(np.uint32).max], np.int64)
+    idx, counts = compact(*merge_sparse((np.array([7], np.uint16), big), (np.array([7]), np.array([2]))))
+    assert counts.dtype == np.int64 and int(counts[0]) == int(big[0]) + 2
 
 
 def test_folded_processes_merge_within_the_stated_bounds() -> None:
