@@ -57,7 +57,7 @@ def run_steady(n: int, rate: float, seconds: float, *, arch: str, balance: str, 
     try:
         idle = {"server_pss": server.pss(), **harness.kernel()}
 
-        def watch(row: dict[str, Any], load: harness.Tree) -> None:
+        def watch(row: dict[str, Any], load: harness.Tree) -> bool:
             if "full" not in marks and harness.all_up(row["estab"], idle["estab"], n):
                 marks["full"] = row["t"]
                 if pin and (os.cpu_count() or 1) >= 2:
@@ -65,6 +65,13 @@ def run_steady(n: int, rate: float, seconds: float, *, arch: str, balance: str, 
             if "full" in marks and "mid" not in marks and row["t"] >= marks["full"] + seconds / 2:
                 marks["mid"] = {"t": row["t"], "server_pss": server.pss(), "load_pss": load.pss(),
                                 **harness.kernel()}
+            # The accept queues, read after every connection is up, say when the server
+            # has accepted them all; then stop reading them: each `ss` walks the kernel's
+            # socket tables (seconds at a million), a stall the latencies would share.
+            if "full" in marks and "held" not in marks and row["accept_queue_t"] > marks["full"] \
+                    and row["accept_queue"] == 0:
+                marks["held"] = row["accept_queue_t"]
+            return "held" in marks
 
         cmd = [harness.C10K, "load", "-p", str(port), "-c", str(n), "--rate", f"{rate:g}",
                "--duration", f"{seconds:g}", "--timeout", f"{timeout:g}", "--out", str(out), "--quiet", *load_args]
@@ -76,7 +83,8 @@ def run_steady(n: int, rate: float, seconds: float, *, arch: str, balance: str, 
     fig = figures(n, seconds, summary, rows, idle, marks)
     fig.update(server=f"c10k serve {arch} {shlex.join(server_args)}", load=shlex.join(cmd[1:]), load_exit=code,
                server_exit=stopped, wall_s=round(wall, 3), pinned=marks.get("pinned"), summary=summary,
-               timeline=rows[::4])
+               all_up_s=marks.get("full"), server_holds_all_s=marks.get("held"),
+               namespace=harness.in_own_namespace(), timeline=rows[::4])
     return fig
 
 
@@ -148,8 +156,13 @@ def main() -> None:
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="leave server and load free to use every CPU during the sending")
     ap.add_argument("--load-args", default="", help="extra `c10k load` arguments (e.g. --tune)")
+    ap.add_argument("--own-namespace", action="store_true",
+                    help="run in a network namespace of its own: a TCP hash sized for the sockets and no "
+                         "connection tracking (root; see harness.rerun_in_own_namespace)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
+    if args.own_namespace and not harness.in_own_namespace():
+        raise SystemExit(harness.rerun_in_own_namespace(max(args.connections, args.baseline)))
     name = "million_steady" + (f"_{args.tag}" if args.tag else "")
     # The baseline runs the same server, workers included: spread over 51 workers each
     # message is more often a worker's only event of its wake-up than over 2, and that

@@ -172,11 +172,13 @@ class Sampler(threading.Thread):
     accept queue as last read (``accept_queue``, read at ``accept_queue_t``; see ``QueueWatcher``).
 
     ``on_sample(row)`` is called in this thread after each row (e.g. to take a
-    one-off measurement when every connection is up).
+    one-off measurement when every connection is up); when it returns true the
+    accept queues are no longer read (``ss`` costs the kernel a walk of its
+    socket tables, which a latency measurement must not share the machine with).
     """
 
     def __init__(self, t0: float, server: Tree, load: Tree, port: int, interval: float = 0.25,
-                 on_sample: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_sample: Callable[[dict[str, Any]], bool | None] | None = None) -> None:
         super().__init__(daemon=True)
         self.t0, self.server, self.load, self.port = t0, server, load, port
         self.interval = interval
@@ -193,8 +195,8 @@ class Sampler(threading.Thread):
             row["load_user"], row["load_sys"] = self.load.cpu()
             row["accept_queue_t"], row["accept_queue"] = self.queue.latest
             self.rows.append(row)
-            if self.on_sample is not None:
-                self.on_sample(row)
+            if self.on_sample is not None and self.on_sample(row):
+                self.queue.done.set()
             self.done.wait(self.interval)
 
     def stop(self) -> list[dict[str, Any]]:
@@ -239,11 +241,12 @@ def save(name: str, result: dict[str, Any]) -> Path:
 
 
 def load_while_sampling(cmd: list[str], server: Tree, port: int, wait_s: float,
-                        on_sample: Callable[[dict[str, Any], Tree], None] | None = None,
+                        on_sample: Callable[[dict[str, Any], Tree], bool | None] | None = None,
                         ) -> tuple[int, float, list[dict[str, Any]]]:
     """Run a ``c10k load`` command while a ``Sampler`` watches; (exit status, wall seconds, samples).
 
-    ``on_sample(row, load)`` gets each sample and the load's process tree.
+    ``on_sample(row, load)`` gets each sample and the load's process tree (a true
+    result stops the accept-queue reads, see ``Sampler``).
     """
     print("$", shlex.join(cmd), flush=True)
     launched = time.monotonic()
@@ -257,6 +260,46 @@ def load_while_sampling(cmd: list[str], server: Tree, port: int, wait_s: float,
     finally:
         rows = sampler.stop()
     return code, time.monotonic() - launched, rows
+
+
+NAMESPACE_ENV = "C10K_BENCH_NAMESPACE"
+
+
+def rerun_in_own_namespace(connections: int) -> int:
+    """Run this script again, whole, in a network namespace made for ``connections``; its exit status.
+
+    Why: at a million, the machine's own network costs every packet two hash
+    walks that a namespace does not. The TCP established hash was sized at boot
+    (262,144 buckets here) and holds two sockets per connection, and once
+    Podman's nftables rules exist, connection tracking follows loopback too,
+    in a table of the same size. A namespace made while
+    ``net.ipv4.tcp_child_ehash_entries`` is set gets a hash of its own of that
+    size (the sysctl is read when a namespace is created, then put back), and
+    has no nftables rules, so no connection tracking. The script runs inside
+    it (``/proc/net`` then shows the namespace's own counters), and the
+    namespace is removed after. Root only.
+    """
+    name = f"c10k-bench-{os.getpid()}"
+    knob = Path("/proc/sys/net/ipv4/tcp_child_ehash_entries")
+    before = knob.read_text()
+    # two sockets per loopback connection; the kernel rounds up to a power of two
+    knob.write_text(str(min(2 * connections, 1 << 24)))
+    try:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    finally:
+        knob.write_text(before)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        print(f"in network namespace {name} (TCP hash for {2 * connections:,} sockets, no conntrack)", flush=True)
+        return subprocess.run(["ip", "netns", "exec", name, sys.executable, *sys.argv],
+                              env={**os.environ, NAMESPACE_ENV: name}).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def in_own_namespace() -> str | None:
+    """The namespace ``rerun_in_own_namespace`` made, when this process runs in it."""
+    return os.environ.get(NAMESPACE_ENV)
 
 
 def read_summary(out: Path, code: int) -> dict[str, Any]:

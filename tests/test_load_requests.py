@@ -429,3 +429,18 @@ def test_a_timeout_keeps_the_part_of_the_reply_that_came(aserver: Callable[[Hand
         assert status == 1 and s["errors"] == {"timeout": 1}
         assert s["error_examples"]["timeout"]["got"] == "Gary'" and s["error_examples"]["timeout"]["offset"] is None
         assert rows[0]["got"] == "Gary'" and rows[0]["mismatch_offset"] == ""
+
+
+def test_progress_of_a_closed_loop_bounded_by_time_counts_seconds(aserver: Callable[[Handler], AsyncioServer],
+                                                                  tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = aserver(echo)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # the bar is drawn on a terminal only
+    status = main(["load", "-p", str(srv.port), "--out", str(tmp_path / "out"), "--duration", "1s", "-c", "2"])
+    out = capsys.readouterr().out
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert status == 0
+    # the bar's total is the duration, not -n's default 100 per connection (200 echoes)
+    assert f"{s['messages']['echoed']:,} echoed, 1 s" in out, out
+    assert "/200" not in out, out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from c10k.cli.load_requests import OPTIONS as REQUEST_OPTIONS
@@ -283,28 +284,47 @@ def _run_with_bar(settings: LoadSettings, plan: LoadPlan) -> LoadResult:
     from c10k.load import run_settings
     from c10k.text import latency_words
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                TextColumn("open {task.fields[open]}  errors {task.fields[failed]}{task.fields[live]}"),
                TimeElapsedColumn())
+    # A closed loop bounded by time does not know how many echoes it will make: its bar is the time.
+    by_time = settings.time_bounded
+    total = settings.duration if by_time else max(1, settings.samples)
+    began: list[float] = []  # when the echoing began (by_time)
+
+    def done(echoed: int) -> tuple[float, str]:
+        if not by_time:
+            return echoed, f"{echoed:,}/{total:,.0f}"
+        if not began:
+            began.append(time.monotonic())
+        spent = min(total, time.monotonic() - began[0])
+        return spent, f"{echoed:,} echoed, {spent:.0f}/{total:g} s"
+
     with Progress(*columns, transient=False) as bar:
-        connect = bar.add_task("connecting", total=settings.connections, open=0, failed=0, live="")
-        echo = bar.add_task("echoing", total=max(1, settings.samples), open=0, failed=0, live="", start=False)
+        connect = bar.add_task("connecting", total=settings.connections, open=0, failed=0, live="",
+                               done=f"0/{settings.connections:,}")
+        echo = bar.add_task("echoing", total=total, open=0, failed=0, live="", start=False, done="")
 
         def update(p: Any) -> None:
-            bar.update(connect, completed=p.established, open=p.open, failed=p.failed)
+            bar.update(connect, completed=p.established, open=p.open, failed=p.failed,
+                       done=f"{p.established:,}/{settings.connections:,}")
             if p.phase == "echoing":
                 bar.start_task(echo)
                 # the last whole second, over every load process
                 live = "" if p.messages_per_s is None else (
                     f"  {p.messages_per_s:,} msg/s  p50 {latency_words(p.p50_us)}  p99 {latency_words(p.p99_us)}")
-                bar.update(echo, completed=p.echoed, open=p.open, failed=p.failed, live=live)
+                completed, words = done(p.echoed)
+                bar.update(echo, completed=completed, open=p.open, failed=p.failed, live=live, done=words)
 
         result = run_settings(settings, plan=plan, on_progress=update)
         s = result.summary
         bar.update(connect, completed=s["connections"]["established"], open=0,
                    failed=s["connections"]["failed"])
         bar.start_task(echo)
-        bar.update(echo, completed=s["messages"]["echoed"], open=0, failed=s["connections"]["failed"])
+        echoed = s["messages"]["echoed"]
+        bar.update(echo, completed=total if by_time else echoed, open=0, failed=s["connections"]["failed"],
+                   done=f"{echoed:,} echoed, {s['elapsed_s']:.0f} s" if by_time else f"{echoed:,}/{total:,.0f}")
+        bar.update(connect, done=f"{s['connections']['established']:,}/{settings.connections:,}")
         return result
 
 

@@ -120,8 +120,14 @@ class LoadSettings:
         return self.rate > 0
 
     @property
+    def time_bounded(self) -> bool:
+        """A closed loop that runs for ``duration`` seconds: how many round trips it makes is not known."""
+        return not self.open_loop and self.exchange is not None and self.exchange.requests is None
+
+    @property
     def samples(self) -> int:
-        """Round trips the run will make (each process keeps them raw up to ``sample_budget``)."""
+        """Round trips the run will make (each process keeps them raw up to ``sample_budget``);
+        for a ``time_bounded`` run, a guess of ``count`` per connection."""
         if self.open_loop:
             return int(self.rate * self.duration)
         requests = self.exchange.requests if self.exchange is not None else None
