@@ -85,6 +85,7 @@ def test_toml_matrix_expands_servers_and_counts_in_file_order():
         connections = 100
         rate = 500
         duration = 2.5
+        settle = 4
         """
     )
     assert m.name == "mine"
@@ -93,6 +94,8 @@ def test_toml_matrix_expands_servers_and_counts_in_file_order():
                    (5, "epoll", 10, 3), (6, "poll", 100, 7)]
     assert m.cases[4].message == "hi" and m.cases[4].timeout_s == 20.0
     assert m.cases[5].rate == 500 and m.cases[5].duration_s == 2.5 and m.cases[5].slug == "100-rate500"
+    assert m.cases[5].settle_s == 4.0 and m.cases[4].settle_s is None
+    assert m.cases[5].load_words == "500/s for 2.5 s, after 4 s settled"
     assert not m.cases[4].fixed_rate
     assert m.cases[0].message == "Gary's spamming" and m.cases[0].timeout_s is None
 
@@ -111,6 +114,8 @@ def test_toml_matrix_expands_servers_and_counts_in_file_order():
         ("messages = 0\n[[case]]\nserver = 'poll'\nconnections = 1", "messages must be a positive"),
         ("[[case]]\nserver = 'poll'\nconnections = 1\nrate = 100", "a rate needs a positive duration"),
         ("[[case]]\nserver = 'poll'\nconnections = 1\nduration = 3", "duration only goes with rate"),
+        ("[[case]]\nserver = 'poll'\nconnections = 1\nsettle = -2", "settle must be a number of seconds"),
+        ("[[case]]\nserver = 'poll'\nconnections = 1\nsettle = 'soon'", "settle must be a number of seconds"),
     ],
 )
 def test_toml_matrix_errors_say_what_is_wrong(text, words):
@@ -175,6 +180,7 @@ def test_million_matrix_is_a_steady_million_on_the_process_architectures(monkeyp
         load = commands.load(c, "127.0.0.1", 7000, tmp_path)
         assert load[load.index("-c") + 1] == "1000000"
         assert load[load.index("--rate") + 1] == "20000" and load[load.index("--duration") + 1] == "60"
-        assert commands.timeout_s(c) > c.connections / 2500 + 60  # room for the ramp and the sending
+        assert load[load.index("--settle") + 1] == "30"  # the server holds them all before the first message
+        assert commands.timeout_s(c) > c.connections / 2500 + 60 + 30  # room for the ramp, settle and sending
     reuseport = commands.server(m.cases[1], tmp_path / "stats.json")
     assert int(reuseport[reuseport.index("--workers") + 1]) == capacity.reuseport_workers(1_000_000, 20000, 2)

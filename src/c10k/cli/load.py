@@ -68,6 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "is in (-n then bounds it too)")
     p.add_argument("--no-barrier", dest="barrier", action="store_false", default=None,
                    help="start each connection's messages as soon as it connects")
+    p.add_argument("--settle", type=seconds, metavar="TIME",
+                   help="once every connection is open, keep them all open and silent for TIME before the "
+                        "first message (e.g. 30s: a server still taking connections on is measured once it "
+                        "holds them; default 0)")
     p.add_argument("--sample-budget", type=_size_bytes, metavar="SIZE",
                    help="raw latency samples each load process keeps, exact percentiles (default 64MiB); past "
                         "it they are folded into an HDR histogram (3 significant digits) and the summary gives "
@@ -157,8 +161,8 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
 
     if all(getattr(args, k) is None for k in ("host", "port", "message", "size", "count", "connections",
                                                 "processes", "connect_rate", "timeout", "source_ip", "rate",
-                                                "duration", "barrier", "out", "quiet", "json", "dry_run", "tune",
-                                                "max_p50", "max_p99", "max_errors", "min_rate", "sample_budget",
+                                                "duration", "barrier", "settle", "out", "quiet", "json", "dry_run",
+                                                "tune", "max_p50", "max_p99", "max_errors", "min_rate", "sample_budget",
                                                 "target", *REQUEST_OPTIONS)) \
             and sys.stdin.isatty():
         _ask(args)
@@ -180,8 +184,8 @@ def _settings(args: argparse.Namespace) -> LoadSettings:
     return LoadSettings(
         host=args.host, port=args.port, message=message, count=args.count, connections=args.connections,
         processes=args.processes, connect_rate=args.connect_rate, timeout=args.timeout, source_ips=tuple(sources),
-        barrier=args.barrier is not False, rate=rate or args.rate, duration=args.duration, tune=bool(args.tune),
-        unix=target.path, exchange=exchange,
+        barrier=args.barrier is not False, settle=args.settle or 0.0, rate=rate or args.rate,
+        duration=args.duration, tune=bool(args.tune), unix=target.path, exchange=exchange,
         **({} if args.sample_budget is None else {"sample_budget": args.sample_budget}))
 
 

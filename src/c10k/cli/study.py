@@ -27,7 +27,8 @@ matrices:
   wan     every architecture at 1000 and 10000 connections with 0, 1 ms and 25 ms
           added each way (needs --topology netns and a kernel with netem)
   million epoll (hand-off), epoll-reuseport and uring holding 1,000,000 connections
-          at a steady 20,000 messages/s in total for 60 s (most connections idle);
+          at a steady 20,000 messages/s in total for 60 s (most connections idle),
+          after 30 s with every connection open and silent (load --settle);
           needs ~10 GiB of kernel memory, and `c10k doctor -c 1000000 --fix` where
           connection tracking is loaded. About 25 minutes
   FILE    a TOML file:
@@ -42,6 +43,8 @@ matrices:
             rate = 2000                   # optional: open loop, messages/s in total
             duration = 5                  # with rate: seconds of sending
             link = "delay 25ms"           # optional, or a list (--topology netns)
+            settle = 30                   # optional: seconds all stay open and silent
+                                          # before the first message
 
 servers: select, poll, threaded, epoll, epoll-reuseport, epoll-threads, asyncio, uvloop,
          gevent, trio
@@ -74,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run echo servers under growing connection counts, decide why each "
                                    "case passed or failed, and write a report with tables and charts.",
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--matrix", default="seed", metavar="seed|quick|FILE",
+    p.add_argument("--matrix", default="seed", metavar="seed|quick|wan|million|FILE",
                    help="which cases to run (default: seed)")
     p.add_argument("--servers", metavar="NAME[,NAME...]",
                    help="run only these servers' cases (comma-separated)")

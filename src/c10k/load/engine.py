@@ -59,6 +59,7 @@ class EngineSpec:
     max_connecting: int = 512  # connects in flight at once
     timeout: float = 10.0  # connect timeout, and longest wait for an echo
     barrier: bool = True
+    settle: float = 0.0  # seconds every connection stays open and silent after the barrier
     rate: float = 0.0  # open loop: messages per second for this process; 0 = closed loop
     duration: float = 0.0  # open loop: seconds of sending
     index: int = 0
@@ -120,6 +121,8 @@ class _Engine:
             self.connect_phase.run()
             if self.on_connected is not None:
                 self.on_connected(self.table.established, self.table.failed)
+            if self.spec.settle > 0:
+                self.connect_phase.settle(self.spec.settle)
             self.cpu_start = time.process_time()  # CPU of the message phase only
             if not isinstance(messages, OpenLoop):
                 messages.begin_all()

@@ -105,3 +105,21 @@ class ConnectPhase(Phase):
             for fd, ev in poll(wait):
                 event(fd, ev)
             wait = self.tick()
+
+    def settle(self, seconds: float) -> None:
+        """Hold every connection open and silent for ``seconds`` after the barrier (``--settle``).
+
+        A server that takes connections on more slowly than the kernel completes
+        them (an acceptor handing sockets to busy workers) may still be taking
+        them on when the last connect completes; messages sent then wait in
+        socket buffers. A settle lets the run measure the server once it holds
+        them. Events are still handled as at the barrier: a server that closes
+        or writes first fails the connection as it would there.
+        """
+        poll, event = self.t.ep.poll, self.ramp.event
+        end = time.monotonic_ns() + int(seconds * 1e9)
+        wait = 0.0
+        while (left := end - time.monotonic_ns()) > 0:
+            for fd, ev in poll(min(wait, left / 1e9)):
+                event(fd, ev)
+            wait = self.tick()

@@ -51,6 +51,9 @@ class LoadSettings:
         timeout: seconds a connect or an echo may take before it counts as "timeout".
         source_ips: source addresses to spread connections over.
         barrier: establish every connection before the first message.
+        settle: seconds every connection stays open and silent after the barrier, before
+            the first message (a server still taking connections on is then measured once it
+            holds them); needs the barrier.
         rate, duration: open loop: ``rate`` messages per second in total, for
             ``duration`` seconds, each round trip timed from its scheduled send.
         tune: raise kernel limits that would stop the run, before it starts (root).
@@ -72,6 +75,7 @@ class LoadSettings:
     timeout: float = 10.0
     source_ips: tuple[str, ...] = field(default=())
     barrier: bool = True
+    settle: float = 0.0
     rate: float = 0.0
     duration: float = 0.0
     tune: bool = False
@@ -97,8 +101,12 @@ class LoadSettings:
             if self.processes > self.connections:
                 raise UsageError(f"--processes {self.processes} is more than the {self.connections} connection(s)")
         for name, value in (("--connect-rate", self.connect_rate), ("--timeout", self.timeout),
-                            ("--rate", self.rate), ("--duration", self.duration)):
+                            ("--rate", self.rate), ("--duration", self.duration), ("--settle", self.settle)):
             _finite(name, value)
+        if self.settle < 0:
+            raise UsageError("--settle must not be negative")
+        if self.settle and not self.barrier:
+            raise UsageError("--settle needs the barrier: every connection open before it starts (not --no-barrier)")
         if self.connect_rate < 0:
             raise UsageError("--connect-rate must not be negative")
         if not self.timeout > 0:

@@ -68,6 +68,8 @@ class NetnsCommands(Commands):
         }
         if case.fixed_rate:
             spec.update(rate=case.rate, duration=case.duration_s)
+        if case.settle_s:
+            spec["settle"] = case.settle_s
         path = out / "clients.json"
         path.write_text(json.dumps(spec, indent=1) + "\n")
         return [self.python, "-m", "c10k.topology.clientload", str(path)]

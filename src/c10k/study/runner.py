@@ -107,6 +107,8 @@ class Commands:
     def load(self, case: Case, host: str, port: int, out: Path) -> list[str]:
         cmd = [self.python, "-m", "c10k", "load", "--host", host, "-p", str(port),
                "-c", str(case.connections), "-m", case.message, "--out", str(out), "--quiet"]
+        if case.settle_s:
+            cmd += ["--settle", f"{case.settle_s:g}"]
         if case.fixed_rate:
             return cmd + ["--rate", str(case.rate), "--duration", f"{case.duration_s:g}"]
         return cmd + ["-n", str(case.messages)]
@@ -149,10 +151,11 @@ class Commands:
         """Seconds a case may take before the runner stops its load."""
         if case.timeout_s is not None:
             return case.timeout_s
+        settle = case.settle_s or 0.0
         if case.fixed_rate:
-            return 60.0 + (case.duration_s or 0.0) * 2 + case.connections / 1000.0
+            return 60.0 + settle + (case.duration_s or 0.0) * 2 + case.connections / 1000.0
         # Generous: ~4000 messages/s and ~1000 connects/s at worst, plus start-up.
-        return 60.0 + case.connections * case.messages / 4000.0 + case.connections / 1000.0
+        return 60.0 + settle + case.connections * case.messages / 4000.0 + case.connections / 1000.0
 
 
 @dataclass
@@ -187,6 +190,7 @@ class CaseResult:
             "rate": c.rate,
             "send_duration_s": c.duration_s,
             "link": c.link,
+            "settle_s": c.settle_s,
             "scenario": c.scenario,
             "original": c.original,
             "status": self.status,
@@ -222,7 +226,7 @@ class StudyResult:
         for c in data["cases"]:
             case = Case(c["case"], c["server"], c["connections"], c.get("messages", 100),
                         c.get("message", "Gary's spamming"), c.get("original"), None, c.get("rate"),
-                        c.get("send_duration_s"), c.get("link"))
+                        c.get("send_duration_s"), c.get("link"), c.get("settle_s"))
             usage_json = c.get("server_usage") or {}
             fields = {k: v for k, v in usage_json.items() if k in Usage.__dataclass_fields__}
             usage = Usage(**fields)

@@ -99,7 +99,8 @@ def run(spec: dict[str, Any]) -> int:
         result = run_load(spec["host"], int(spec["port"]), message=spec["message"].encode(),
                           count=int(spec["count"]), connections=connections,
                           processes=processes_for(connections, hosts_used, planned),
-                          timeout=float(spec.get("timeout", 10.0)), rate=rate, duration=duration)
+                          timeout=float(spec.get("timeout", 10.0)), rate=rate, duration=duration,
+                          settle=float(spec.get("settle") or 0))
     finally:
         router.active = False
     hosts = spec["hosts"][:hosts_used]
