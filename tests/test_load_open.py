@@ -103,3 +103,45 @@ def test_open_loop_sees_a_one_second_stall(echo_process: tuple[subprocess.Popen[
     # Only messages scheduled in the stall's first (stall - 0.8) s wait longer than 0.8 s: the
     # median stays below unless the stall lasts over 2.8 s (the thaw comes ~0.25 s after 1 s).
     assert s["latency_us"]["p50"] < 800_000
+
+
+def test_no_connection_closes_before_the_runs_last_echo() -> None:
+    """The end of an open loop: connections that are done wait for the last echo of the run, so the
+    server does not spend that echo's wait on the others' closes."""
+    import socket
+    import threading
+
+    events: list[str] = []
+    lock = threading.Lock()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+    port = listener.getsockname()[1]
+
+    def serve(c: socket.socket, slow: bool) -> None:
+        with c:
+            c.settimeout(60)
+            while data := c.recv(4096):
+                if slow:
+                    time.sleep(1.0)  # the server's behaviour under test: one echo comes late
+                c.sendall(data)
+                if slow:
+                    with lock:
+                        events.append("slow echo sent")
+            with lock:
+                events.append("closed by the load")
+
+    def accept() -> None:
+        with listener:
+            listener.settimeout(60)
+            for k in range(4):
+                c, _ = listener.accept()
+                threading.Thread(target=serve, args=(c, k == 0), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    r = run_load("127.0.0.1", port, connections=4, rate=40, duration=0.1, timeout=30, processes=1)
+    assert r.summary["messages"]["echoed"] == 4 and not r.summary["errors"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and events.count("closed by the load") < 4:
+        time.sleep(0.01)
+    assert events[0] == "slow echo sent", events  # every close came after the last echo
+    assert events.count("closed by the load") == 4
