@@ -163,7 +163,6 @@ def main() -> None:
     ap.add_argument("--pin", action="store_true",
                     help="pin the server to CPU 0 and the load to CPU 1 during the sending (raises p99 here: "
                          "see above)")
-    ap.add_argument("--no-pin", dest="pin", action="store_false", help="the default: both use both cores")
     ap.add_argument("--load-args", default="", help="extra `c10k load` arguments (e.g. --tune)")
     ap.add_argument("--own-namespace", action="store_true",
                     help="run in a network namespace of its own: a TCP hash sized for the sockets and no "

@@ -167,7 +167,7 @@ class _Engine:
             index=spec.index, first=spec.first, samples=samples, connection_latency=stats,
             connect_us=t.connect_us, echoed=t.echoed, sent=t.sent, errors=t.errors,
             sources=t.sources, counters=counters, histogram=messages.histogram,
-            reply_bytes=getattr(messages, "reply_bytes", None), got=t.got,
+            reply_bytes=messages.reply_bytes, got=t.got,
         )
 
 

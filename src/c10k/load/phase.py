@@ -14,6 +14,8 @@ import select
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from c10k.load.ramp import TICK_NS, ConnectRamp
 from c10k.load.table import CONNECTED, CONNECTING, EPOLLIN, EPOLLOUT, RUNNING, ConnectionTable
 
@@ -27,6 +29,10 @@ ProgressCallback = Callable[[int, int, int, int], None]
 
 class Phase:
     """The periodic work between polls; subclasses add their own timeouts and echo count."""
+
+    #: bytes of correct replies per connection when they are not ``echoed`` x the message
+    #: length (the request loop's replies); None for the echo loops
+    reply_bytes: np.ndarray | None = None
 
     def __init__(self, table: ConnectionTable, ramp: ConnectRamp, on_progress: ProgressCallback | None) -> None:
         self.t = table

@@ -59,6 +59,8 @@ class _Socket:
 class RequestLoop(SampledPhase):
     """Requests and judged replies on every connection, until each is done or the duration ends."""
 
+    reply_bytes: np.ndarray  # always kept: a reply's length is not the message's
+
     def __init__(self, table: ConnectionTable, ramp: ConnectRamp, on_progress: ProgressCallback | None, *,
                  exchange: Exchange, message: bytes, first: int, rate: float, duration: float,
                  sample_budget: int) -> None:
